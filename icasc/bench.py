@@ -1,0 +1,128 @@
+"""Speed measurements that print one JSON object as the last line of stdout.
+
+    python -m icasc.bench step --backbone resnet18 --image-size 112 --batch-size 16
+
+Two sides run interleaved in one process (alternating which goes first), after a warm-up; the report
+gives medians. Never used as a timed test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+from icasc.losses.icasc import ICASCLoss
+from icasc.models.module import ICASCModule
+
+__all__ = ["interleaved_medians", "main", "step_benchmark"]
+
+
+def interleaved_medians(
+    sides: dict[str, Callable[[], None]], repeats: int, warmup: int, sync: Callable[[], None] | None = None
+) -> dict[str, float]:
+    """Median seconds per call of each side, run interleaved (order alternating every round)."""
+    sync = sync or (lambda: None)
+    names = list(sides)
+    for _ in range(warmup):
+        for name in names:
+            sides[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else reversed(names):
+            sync()
+            start = time.perf_counter()
+            sides[name]()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def step_benchmark(
+    backbone: str = "resnet18",
+    image_size: int = 112,
+    batch_size: int = 16,
+    num_classes: int = 100,
+    attention: str = "ach",
+    repeats: int = 10,
+    warmup: int = 2,
+    device: str = "cpu",
+    seed: int = 0,
+) -> dict[str, object]:
+    """Training-step time (forward, loss, backward, SGD step) of the baseline and of ICASC (all terms).
+
+    Both sides start from the same weights and see the same batch.
+    """
+    torch.manual_seed(seed)
+    dev = torch.device(device)
+    off = {"separation_inner": 0.0, "separation_last": 0.0, "consistency": 0.0}
+    base = ICASCModule(backbone, num_classes, loss=ICASCLoss(weights=off), attention=attention).to(dev)
+    icasc = ICASCModule(copy.deepcopy(base.backbone), num_classes, loss=ICASCLoss(), attention=attention)
+    icasc.to(dev)
+    images = torch.randn(batch_size, 3, image_size, image_size, device=dev)
+    targets = torch.randint(0, num_classes, (batch_size,), device=dev)
+
+    def make_step(module: ICASCModule) -> Callable[[], None]:
+        module.train()
+        opt = torch.optim.SGD(module.parameters(), lr=1e-4, momentum=0.9)
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            total, _, _ = module.compute_loss(images, targets)
+            total.backward()
+            opt.step()
+
+        return step
+
+    sync = torch.cuda.synchronize if dev.type == "cuda" else None
+    med = interleaved_medians({"baseline": make_step(base), "icasc": make_step(icasc)}, repeats, warmup, sync)
+    return {
+        "baseline_s": med["baseline"],
+        "icasc_s": med["icasc"],
+        "ratio": med["icasc"] / med["baseline"],
+        "backbone": backbone,
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "attention": attention,
+        "layers": dict(icasc.attention.layers),
+        "repeats": repeats,
+        "device": str(dev),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(prog="python -m icasc.bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    step = sub.add_parser("step", help="training step: baseline vs ICASC (A_ch, all three terms)")
+    step.add_argument("--backbone", default="resnet18")
+    step.add_argument("--image-size", type=int, default=112)
+    step.add_argument("--batch-size", type=int, default=16)
+    step.add_argument("--num-classes", type=int, default=100)
+    step.add_argument("--attention", default="ach", choices=["ach", "gradcam"])
+    step.add_argument("--repeats", type=int, default=10)
+    step.add_argument("--warmup", type=int, default=2)
+    step.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    result = step_benchmark(
+        args.backbone,
+        args.image_size,
+        args.batch_size,
+        args.num_classes,
+        args.attention,
+        args.repeats,
+        args.warmup,
+        args.device,
+    )
+    print(json.dumps(result), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()

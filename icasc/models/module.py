@@ -1,0 +1,263 @@
+"""ICASCModule: a LightningModule that trains a backbone with the ICASC objective (baseline: terms off)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
+
+from icasc.attention.mechanism import AttentionMechanism
+from icasc.losses.icasc import ICASCLoss
+from icasc.metrics.pointing_game import pointing_game_hits
+from icasc.models.backbones import build_backbone, default_attention_layers
+
+__all__ = ["ICASCModule"]
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+
+
+def _backbone_spec(backbone: str | Mapping[str, Any] | nn.Module) -> dict[str, Any]:
+    """The registry name and build arguments of a backbone (what a model card records)."""
+    if isinstance(backbone, nn.Module):
+        return {"name": type(backbone).__name__.lower()}
+    if isinstance(backbone, str):
+        return {"name": backbone}
+    spec = dict(backbone)
+    if "name" not in spec:
+        raise ValueError(
+            f"a backbone mapping needs a 'name' (a registered backbone), got keys {sorted(spec)}"
+        )
+    return spec
+
+
+def _attention_spec(attention: str | Mapping[str, Any]) -> dict[str, Any]:
+    spec = {"method": attention} if isinstance(attention, str) else dict(attention)
+    unknown = set(spec) - {"method", "inner_layer", "last_layer", "grad_mode"}
+    if unknown:
+        raise ValueError(
+            f"unknown attention option(s) {sorted(unknown)}; "
+            "valid: method, inner_layer, last_layer, grad_mode"
+        )
+    return {"method": "ach", "inner_layer": None, "last_layer": None, "grad_mode": "batch", **spec}
+
+
+class ICASCModule(L.LightningModule):
+    """Train a classifier with attention separation and consistency (ICASC paper, Eq. 6).
+
+    Every training step computes differentiable attention maps of the true and the most confusing class
+    at an inner and the last layer and adds the attention losses to the classification loss. With all
+    attention weights at 0 it is the plain baseline: no maps are computed in training, so it costs
+    nothing extra. Validation always computes the (non-differentiable) maps to report the attention
+    overlap (L_AS^la) and, where batches carry boxes, the pointing-game hit rate, so baseline and ICASC
+    runs are scored alike.
+
+    Args:
+        backbone: A registered backbone name, a mapping ``{"name": ..., **build_backbone kwargs}`` (e.g.
+            ``{"name": "resnet50", "weights": "IMAGENET1K_V2"}``), or a ready ``nn.Module``.
+        num_classes: Number of classes.
+        loss: The objective; default ``ICASCLoss()`` (all terms at weight 1).
+        attention: ``"ach"`` (A_ch, Eq. 2) or ``"gradcam"`` (Eq. 1), or a mapping with ``method``,
+            ``inner_layer``, ``last_layer`` (``None``: the backbone's defaults) and ``grad_mode`` (see
+            :class:`~icasc.attention.AttentionMechanism`).
+        optimizer: Factory ``params -> Optimizer`` (e.g. ``functools.partial(torch.optim.SGD, lr=0.1)``).
+        scheduler: Optional factory ``optimizer -> LR scheduler``, stepped every epoch.
+        check_finite: Stop with an error naming the step and the term when a loss term is NaN or Inf.
+        val_attention: Compute attention maps in validation and test (overlap, pointing game).
+        pointing_tolerance: Pointing-game tolerance in input pixels.
+    """
+
+    def __init__(
+        self,
+        backbone: str | Mapping[str, Any] | nn.Module,
+        num_classes: int,
+        loss: ICASCLoss | None = None,
+        attention: str | Mapping[str, Any] = "ach",
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        check_finite: bool = True,
+        val_attention: bool = True,
+        pointing_tolerance: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(
+            logger=False, ignore=["backbone"] if isinstance(backbone, nn.Module) else []
+        )
+        self.backbone_spec = _backbone_spec(backbone)
+        if isinstance(backbone, nn.Module):
+            self.backbone = backbone
+        else:
+            spec = dict(self.backbone_spec)
+            self.backbone = build_backbone(spec.pop("name"), num_classes, **spec)
+        self.num_classes = num_classes
+        self.loss = loss if loss is not None else ICASCLoss()
+        spec = _attention_spec(attention)
+        if spec["inner_layer"] is None or spec["last_layer"] is None:
+            default_inner, default_last = default_attention_layers(self.backbone)
+            spec["inner_layer"] = spec["inner_layer"] or default_inner
+            spec["last_layer"] = spec["last_layer"] or default_last
+        self.attention = AttentionMechanism(self.backbone, **spec)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.check_finite = check_finite
+        self.val_attention = val_attention
+        self.pointing_tolerance = pointing_tolerance
+        self._build_metrics()
+
+    @property
+    def multilabel(self) -> bool:
+        return self.loss.multilabel
+
+    def _build_metrics(self) -> None:
+        for stage in ("val", "test"):
+            if self.multilabel:
+                metrics = {"map": MultilabelAveragePrecision(num_labels=self.num_classes, average="macro")}
+            else:
+                metrics = {
+                    "top1": MulticlassAccuracy(self.num_classes, top_k=1, average="micro"),
+                    "top5": MulticlassAccuracy(
+                        self.num_classes, top_k=min(5, self.num_classes), average="micro"
+                    ),
+                }
+            metrics["attention_overlap"] = MeanMetric()
+            metrics["pointing_game"] = MeanMetric()
+            setattr(self, f"{stage}_metrics", nn.ModuleDict(metrics))
+        self.train_top1 = None if self.multilabel else MulticlassAccuracy(self.num_classes, average="micro")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data_classes = getattr(datamodule, "num_classes", None)
+        if data_classes is not None and int(data_classes) != self.num_classes:
+            raise ValueError(
+                f"the data has {data_classes} classes but the model was built for {self.num_classes}; "
+                "set model.num_classes to the data's (the configs use ${data.num_classes})"
+            )
+        data_multilabel = getattr(datamodule, "multilabel", None)
+        if data_multilabel is not None and bool(data_multilabel) != self.multilabel:
+            raise ValueError(
+                f"the data is {'multi' if data_multilabel else 'single'}-label but the loss is "
+                f"{'multi' if self.multilabel else 'single'}-label; "
+                f"set model.loss.multilabel={data_multilabel}"
+            )
+
+    # -- steps -------------------------------------------------------------------------------------------
+
+    def _check_finite(self, terms: Mapping[str, torch.Tensor], where: str, batch_idx: int) -> None:
+        if not self.check_finite:
+            return
+        values = torch.stack([t.detach() for t in terms.values()])
+        if bool(torch.isfinite(values).all()):
+            return
+        bad = [name for name, t in terms.items() if not torch.isfinite(t).all()]
+        shown = {name: float(t.detach()) for name, t in terms.items()}
+        raise FloatingPointError(
+            f"non-finite {where} loss at global step {self.global_step} (epoch {self.current_epoch}, "
+            f"batch {batch_idx}): term(s) {bad} are NaN/Inf; all terms: {shown}. Lower the learning rate or "
+            "check the inputs; set model.check_finite=false to train on regardless."
+        )
+
+    def compute_loss(
+        self, images: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """One training forward: ``(total loss, unweighted terms, logits)``.
+
+        The attention maps (and their gradient graph) are only computed when an attention term is on.
+        """
+        if self.loss.attention_enabled:
+            out = self.attention(images, targets, create_graph=True)
+            logits = out.logits
+        else:
+            out, logits = None, self.backbone(images)
+        total, terms = self.loss(logits, targets, out)
+        return total, terms, logits
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, targets = batch["image"], batch["target"]
+        total, terms, logits = self.compute_loss(images, targets)
+        self._check_finite({**terms, "total": total}, "training", batch_idx)
+        batch_size = images.shape[0]
+        self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
+        for name, value in terms.items():
+            self.log(f"train/{name}", value, batch_size=batch_size)
+        if self.train_top1 is not None:
+            self.train_top1(logits.detach(), targets)
+            self.log("train/top1", self.train_top1, on_step=False, on_epoch=True, batch_size=batch_size)
+        return total
+
+    def _eval_step(self, batch: Mapping[str, torch.Tensor], stage: str, batch_idx: int) -> None:
+        images, targets = batch["image"], batch["target"]
+        metrics = getattr(self, f"{stage}_metrics")
+        out = None
+        if self.val_attention:
+            if torch.is_inference_mode_enabled():
+                raise RuntimeError(
+                    "attention maps need autograd during validation: create the Trainer with "
+                    "inference_mode=False (the configs do), or set val_attention=False"
+                )
+            with torch.enable_grad():
+                out = self.attention(images, targets, create_graph=False)
+            logits = out.logits.detach()
+            out.target = {k: v.detach() for k, v in out.target.items()}
+            out.confusing = {k: v.detach() for k, v in out.confusing.items()}
+        else:
+            logits = self.backbone(images)
+        with torch.no_grad():
+            total, terms = self.loss(logits, targets, out if self.loss.attention_enabled else None)
+            self._check_finite({**terms, "total": total}, stage, batch_idx)
+            batch_size = images.shape[0]
+            self.log(f"{stage}/loss", total, prog_bar=stage == "val", sync_dist=True, batch_size=batch_size)
+            for name, value in terms.items():
+                self.log(f"{stage}/{name}", value, sync_dist=True, batch_size=batch_size)
+            self._update_metrics(metrics, logits, targets, out, batch)
+        for name, metric in metrics.items():
+            if name in ("attention_overlap", "pointing_game") and out is None:
+                continue
+            if name == "pointing_game" and "box" not in batch:
+                continue
+            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "top1")
+
+    def _update_metrics(self, metrics, logits, targets, out, batch) -> None:
+        if self.multilabel:
+            metrics["map"](logits, targets.long())
+        else:
+            metrics["top1"](logits, targets)
+            metrics["top5"](logits, targets)
+        if out is None:
+            return
+        metrics["attention_overlap"].update(self.loss.attention_overlap(out))
+        if "box" in batch:
+            hits = pointing_game_hits(
+                out.target["last"], batch["box"], tuple(batch["image"].shape[-2:]), self.pointing_tolerance
+            )
+            metrics["pointing_game"].update(hits.float())
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val", batch_idx)
+
+    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test", batch_idx)
+
+    def predict_step(self, batch: Mapping[str, torch.Tensor] | torch.Tensor, batch_idx: int) -> torch.Tensor:
+        images = batch["image"] if isinstance(batch, Mapping) else batch
+        return self.backbone(images)
+
+    # -- optimisation ------------------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> Any:
+        factory = self.optimizer_factory
+        if factory is None:
+            optimizer = torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
+        else:
+            optimizer = factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

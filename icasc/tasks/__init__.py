@@ -1,0 +1,1 @@
+"""Tasks: ``run(cfg)`` functions behind the entry points (the only library code that sees DictConfig)."""
