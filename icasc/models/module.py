@@ -232,7 +232,8 @@ class ICASCModule(L.LightningModule):
             metrics["top5"](logits, targets)
         if out is None:
             return
-        metrics["attention_overlap"].update(self.loss.attention_overlap(out))
+        # Weighted by batch size, so a short last batch counts per sample like the others.
+        metrics["attention_overlap"].update(self.loss.attention_overlap(out), weight=logits.shape[0])
         if "box" in batch:
             hits = pointing_game_hits(
                 out.target["last"], batch["box"], tuple(batch["image"].shape[-2:]), self.pointing_tolerance

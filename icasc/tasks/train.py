@@ -41,7 +41,9 @@ def _export(
 ) -> Path:
     card = {
         "backbone": module.backbone_spec["name"],
-        "backbone_kwargs": {k: v for k, v in module.backbone_spec.items() if k != "name"},
+        # `weights` only initialised training; the exported file holds the trained weights.
+        "backbone_kwargs": {k: v for k, v in module.backbone_spec.items() if k not in ("name", "weights")},
+        "init_weights": module.backbone_spec.get("weights"),
         "num_classes": module.num_classes,
         "multilabel": module.multilabel,
         "class_names": list(getattr(datamodule, "class_names", []) or []),
