@@ -111,7 +111,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     if cfg.get("train", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    best = _best_checkpoint(trainer)
+        best = _best_checkpoint(trainer)
+    else:
+        # train=false: score (and export) the given checkpoint.
+        best = cfg.get("ckpt_path")
+        if not best:
+            raise ValueError("train=false needs ckpt_path=<a Lightning checkpoint> to evaluate and export")
     # Score the model that gets exported: the best checkpoint where one exists.
     if best:
         module = ICASCModule.load_from_checkpoint(best, map_location="cpu", weights_only=False)

@@ -121,3 +121,13 @@ def test_registry_backbones_train_a_step(train_cfg, backbone, inner):
     result = run(cfg)
     assert "val/top1" in result["metrics"] and "val/separation_inner" in result["metrics"]
     assert instantiate(cfg.model).attention.layers["inner"] == inner
+
+
+def test_evaluate_and_export_a_checkpoint_without_training(train_cfg, tmp_path):
+    first = run(train_cfg("figure.enabled=false", "export=false"))
+    ckpt = first["outputs"]["best checkpoint"]
+    again = run(train_cfg("train=false", f"ckpt_path={ckpt}", "figure.enabled=false"))
+    assert again["outputs"]["best checkpoint"] == ckpt
+    assert again["metrics"]["val/top1"] == pytest.approx(first["metrics"]["val/top1"])
+    with pytest.raises(ValueError, match="ckpt_path"):
+        run(train_cfg("train=false"))
