@@ -113,21 +113,22 @@ class ICASCModule(L.LightningModule):
     def multilabel(self) -> bool:
         return self.loss.multilabel
 
+    def _score_metrics(self) -> dict[str, nn.Module]:
+        if self.multilabel:
+            return {"map": MultilabelAveragePrecision(num_labels=self.num_classes, average="macro")}
+        return {
+            "top1": MulticlassAccuracy(self.num_classes, top_k=1, average="micro"),
+            "top5": MulticlassAccuracy(self.num_classes, top_k=min(5, self.num_classes), average="micro"),
+        }
+
     def _build_metrics(self) -> None:
+        # mAP needs the whole epoch's scores; in training only the accuracies are tracked.
+        self.train_metrics = nn.ModuleDict({} if self.multilabel else self._score_metrics())
         for stage in ("val", "test"):
-            if self.multilabel:
-                metrics = {"map": MultilabelAveragePrecision(num_labels=self.num_classes, average="macro")}
-            else:
-                metrics = {
-                    "top1": MulticlassAccuracy(self.num_classes, top_k=1, average="micro"),
-                    "top5": MulticlassAccuracy(
-                        self.num_classes, top_k=min(5, self.num_classes), average="micro"
-                    ),
-                }
+            metrics = self._score_metrics()
             metrics["attention_overlap"] = MeanMetric()
             metrics["pointing_game"] = MeanMetric()
             setattr(self, f"{stage}_metrics", nn.ModuleDict(metrics))
-        self.train_top1 = None if self.multilabel else MulticlassAccuracy(self.num_classes, average="micro")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(images)
@@ -187,9 +188,9 @@ class ICASCModule(L.LightningModule):
         self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
         for name, value in terms.items():
             self.log(f"train/{name}", value, batch_size=batch_size)
-        if self.train_top1 is not None:
-            self.train_top1(logits.detach(), targets)
-            self.log("train/top1", self.train_top1, on_step=False, on_epoch=True, batch_size=batch_size)
+        for name, metric in self.train_metrics.items():
+            metric(logits.detach(), targets)
+            self.log(f"train/{name}", metric, on_step=False, on_epoch=True, batch_size=batch_size)
         return total
 
     def _eval_step(self, batch: Mapping[str, torch.Tensor], stage: str, batch_idx: int) -> None:

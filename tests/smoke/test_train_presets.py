@@ -57,7 +57,10 @@ def test_experiment_presets_train_and_export(train_cfg, tmp_path, experiment, at
     x = torch.randn(2, 3, 64, 64)
     torch.testing.assert_close(exported(x), module.eval()(x))
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
-    assert (tmp_path / "csv" / "metrics.csv").exists()
+    header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    for key in ("train/loss", "train/classification", "train/top1", "train/top5", "val/attention_overlap"):
+        assert key in header, key
+    assert ("train/separation_inner" in header) == enabled
 
 
 def test_baseline_override_turns_every_attention_term_off(train_cfg):
