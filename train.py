@@ -1,18 +1,22 @@
-"""Train a classifier with ICASC attention supervision (or the baseline): `python train.py --help`."""
+"""icasc's entry point: `python train.py` trains; `python train.py -cn explain ...` explains (see --help)."""
 
 from __future__ import annotations
 
 import hydra
 from omegaconf import DictConfig
 
-from icasc.tasks.train import run
+from icasc.tasks import explain, train
+
+TASKS = {"train": train.run, "explain": explain.run}
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    result = run(cfg)
+    if cfg.task_name not in TASKS:
+        raise ValueError(f"unknown task_name {cfg.task_name!r}; choose one of {sorted(TASKS)}")
+    result = TASKS[cfg.task_name](cfg)
     # Sweepers (Optuna) optimise the returned value.
-    value = result["metrics"].get(cfg.get("optimized_metric"))
+    value = result.get("metrics", {}).get(cfg.get("optimized_metric"))
     return float(value) if value is not None else None
 
 

@@ -1,6 +1,7 @@
 """Speed measurements that print one JSON object as the last line of stdout.
 
     python -m icasc.bench step --backbone resnet18 --image-size 112 --batch-size 16
+    python -m icasc.bench saliency --backbone resnet18 --image-size 224 --batch-size 8
 
 Two sides run interleaved in one process (alternating which goes first), after a warm-up; the report
 gives medians. Never used as a timed test.
@@ -109,7 +110,40 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     step.add_argument("--repeats", type=int, default=10)
     step.add_argument("--warmup", type=int, default=2)
     step.add_argument("--device", default="cpu")
+    sal = sub.add_parser("saliency", help="saliency methods: whole batch vs one image at a time")
+    sal.add_argument("--backbone", default="resnet18")
+    sal.add_argument("--image-size", type=int, default=224)
+    sal.add_argument("--batch-size", type=int, default=8)
+    sal.add_argument("--num-classes", type=int, default=1000)
+    sal.add_argument(
+        "--methods", default="gradcam,groupcam,smoothgrad", help="comma-separated names, e.g. gradcam,ach"
+    )
+    sal.add_argument("--repeats", type=int, default=3)
+    sal.add_argument("--warmup", type=int, default=1)
+    sal.add_argument("--device", default="cpu")
+    sal.add_argument("--smoothgrad-samples", type=int, default=50)
+    sal.add_argument("--seed", type=int, default=0)
+    sal.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     args = parser.parse_args(argv)
+    if args.what == "saliency":
+        # Imported here: icasc.saliency.benchmark imports interleaved_medians from this module.
+        from icasc.saliency.benchmark import saliency_benchmark
+
+        report = saliency_benchmark(
+            backbone=args.backbone,
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            num_classes=args.num_classes,
+            methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+            repeats=args.repeats,
+            warmup=args.warmup,
+            device=args.device,
+            smoothgrad_samples=args.smoothgrad_samples,
+            seed=args.seed,
+            dtype=getattr(torch, args.dtype),
+        )
+        print(json.dumps(report), flush=True)
+        return report
     result = step_benchmark(
         args.backbone,
         args.image_size,

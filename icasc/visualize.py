@@ -15,7 +15,14 @@ from icasc.attention.functional import max_normalize
 from icasc.attention.mechanism import AttentionMechanism
 from icasc.losses.functional import resize_map
 
-__all__ = ["attention_figure", "denormalize"]
+__all__ = [
+    "attention_figure",
+    "denormalize",
+    "difference_figure",
+    "method_grid",
+    "overlay_figure",
+    "show_overlay",
+]
 
 COLUMNS = (
     "input",
@@ -32,6 +39,70 @@ def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float
     m = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     return (images * s + m).clamp(0, 1)
+
+
+def show_overlay(ax: plt.Axes, image: torch.Tensor, saliency: torch.Tensor, alpha: float = 0.5) -> None:
+    """Draw a ``[0, 1]`` saliency map in jet over an ``[H, W, 3]`` image (the papers' figure style)."""
+    ax.imshow(image)
+    ax.imshow(saliency, cmap="jet", alpha=alpha, vmin=0, vmax=1)
+    ax.axis("off")
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def overlay_figure(image: torch.Tensor, saliency: torch.Tensor, path: str | Path, title: str = "") -> Path:
+    """One overlay PNG: ``image`` ``[H, W, 3]`` in ``[0, 1]`` and a normalised ``[H, W]`` map."""
+    fig, ax = plt.subplots(figsize=(3, 3))
+    show_overlay(ax, image, saliency)
+    ax.set_title(title, fontsize=8)
+    return _save(fig, path)
+
+
+def method_grid(
+    image: torch.Tensor, maps: dict[str, dict[str, torch.Tensor]], columns: Sequence[str], path: str | Path
+) -> Path:
+    """A grid of overlays: one row per method, one column per explained class (e.g. predicted, true, second).
+
+    Args:
+        image: ``[H, W, 3]`` in ``[0, 1]``.
+        maps: ``{method: {column title: [H, W] normalised map}}``.
+        columns: Column titles, in order.
+        path: Output PNG.
+    """
+    rows = list(maps)
+    fig, axes = plt.subplots(
+        len(rows), len(columns) + 1, figsize=(2.2 * (len(columns) + 1), 2.2 * len(rows)), squeeze=False
+    )
+    for i, method in enumerate(rows):
+        axes[i, 0].imshow(image)
+        axes[i, 0].axis("off")
+        axes[i, 0].set_title(method, fontsize=8)
+        for j, column in enumerate(columns, start=1):
+            show_overlay(axes[i, j], image, maps[method][column])
+            if i == 0:
+                axes[i, j].set_title(column, fontsize=8)
+    return _save(fig, path)
+
+
+def difference_figure(
+    image: torch.Tensor, difference: torch.Tensor, path: str | Path, title: str = ""
+) -> Path:
+    """A signed map in ``[-1, 1]`` in diverging colours beside the image (SmoothGrad paper, Fig. 6)."""
+    fig, axes = plt.subplots(1, 2, figsize=(5, 2.6))
+    axes[0].imshow(image)
+    axes[0].axis("off")
+    im = axes[1].imshow(difference, cmap="bwr", vmin=-1, vmax=1)
+    axes[1].axis("off")
+    axes[1].set_title(title, fontsize=8)
+    fig.colorbar(im, ax=axes[1], fraction=0.046)
+    return _save(fig, path)
 
 
 def attention_figure(
@@ -98,13 +169,7 @@ def attention_figure(
             elif cell is not None:
                 ax.imshow(cell, cmap="jet", vmin=0, vmax=1)
             else:
-                ax.imshow(pictures[i])
-                ax.imshow(maps[2][i], cmap="jet", alpha=0.5, vmin=0, vmax=1)
+                show_overlay(ax, pictures[i], maps[2][i])
             if i == 0 and j > 0:
                 ax.set_title(COLUMNS[j], fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

@@ -33,16 +33,21 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
-def compose_train(
-    overrides: Sequence[str] = (), output_dir: Path | None = None, tiny: bool = True
-) -> DictConfig:
-    """Compose ``conf/train.yaml`` as ``python train.py`` would, with ``overrides``."""
+def compose_config(name: str, overrides: Sequence[str] = (), output_dir: Path | None = None) -> DictConfig:
+    """Compose ``conf/<name>.yaml`` as ``python train.py -cn <name>`` would, with ``overrides``."""
     GlobalHydra.instance().clear()
-    extra = list(TINY if tiny else []) + list(overrides)
+    extra = list(overrides)
     if output_dir is not None:
         extra.append(f"paths.output_dir={output_dir}")
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="train", overrides=extra)
+        return compose(config_name=name, overrides=extra)
+
+
+def compose_train(
+    overrides: Sequence[str] = (), output_dir: Path | None = None, tiny: bool = True
+) -> DictConfig:
+    """Compose ``conf/train.yaml`` with ``overrides`` (after the TINY ones unless ``tiny=False``)."""
+    return compose_config("train", [*(TINY if tiny else []), *overrides], output_dir)
 
 
 @pytest.fixture

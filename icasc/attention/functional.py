@@ -49,21 +49,33 @@ def channel_weighted(features: torch.Tensor, grads: torch.Tensor) -> torch.Tenso
     return F.relu(_weighted_sum(features, weights)) / (h * w)
 
 
-def grad_cam(features: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+def grad_cam(
+    features: torch.Tensor, grads: torch.Tensor, relu: bool = True, pooling: str = "mean"
+) -> torch.Tensor:
     """Grad-CAM (Grad-CAM paper, Eq. 1-2; ICASC paper, Eq. 1).
 
-    ``alpha_k = mean_ij dY^c/dF^k_ij`` and ``L = ReLU(sum_k alpha_k F^k)``.
+    ``alpha_k = mean_ij dY^c/dF^k_ij`` and ``L = ReLU(sum_k alpha_k F^k)``. The options give the Grad-CAM
+    paper's ablations: no final ReLU, and global max pooling of the gradients instead of the average.
+    Counterfactual explanations (§5.2) are Grad-CAM of the negated gradients.
 
     Args:
         features: Activations ``F`` of the layer, ``[B, K, h, w]``.
         grads: ``dY^c/dF`` for each sample's class of interest, ``[B, K, h, w]``.
+        relu: Apply the final ReLU (Eq. 2).
+        pooling: ``"mean"`` (Eq. 1) or ``"max"`` pooling of the gradients into channel weights.
 
     Returns:
-        Attention maps ``[B, h, w]``, non-negative.
+        Attention maps ``[B, h, w]`` (non-negative when ``relu``).
     """
     _check_pair(features, grads)
-    weights = grads.mean(dim=(2, 3))
-    return F.relu(_weighted_sum(features, weights))
+    if pooling == "mean":
+        weights = grads.mean(dim=(2, 3))
+    elif pooling == "max":
+        weights = grads.amax(dim=(2, 3))
+    else:
+        raise ValueError(f"pooling must be 'mean' or 'max', got {pooling!r}")
+    cam = _weighted_sum(features, weights)
+    return F.relu(cam) if relu else cam
 
 
 def max_normalize(maps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

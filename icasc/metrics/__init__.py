@@ -1,5 +1,46 @@
-"""Metrics: functional core plus thin torchmetrics classes."""
+"""Metrics: functional core plus thin torchmetrics classes.
 
-from icasc.metrics.pointing_game import pointing_game_hits
+- Deletion / insertion AUC (Group-CAM §4.3): :func:`insertion_deletion`, :class:`InsertionDeletion`.
+- Pointing game (Grad-CAM §4.3, Group-CAM §4.4): :func:`pointing_game_hits`, :class:`PointingGame`.
+- Weakly-supervised localisation (Grad-CAM §4.1): :func:`localization_error`, :class:`LocalizationError`.
+- Faithfulness vs occlusion (Grad-CAM §5.3): :func:`spearman`, :func:`faithfulness`, :class:`Faithfulness`.
+- Sanity check (Group-CAM §4.5): :func:`sanity_check`, :func:`ssim`.
+"""
 
-__all__ = ["pointing_game_hits"]
+from icasc.metrics.faithfulness import Faithfulness, faithfulness, rankdata, spearman
+from icasc.metrics.insertion_deletion import (
+    InsertionDeletion,
+    insertion_deletion,
+    step_counts,
+)
+from icasc.metrics.localization import (
+    LocalizationError,
+    box_iou,
+    connected_components,
+    largest_component_boxes,
+    localization_correct,
+    localization_error,
+)
+from icasc.metrics.pointing_game import PointingGame, pointing_game_hits
+from icasc.metrics.sanity import parameter_layers, sanity_check, ssim
+
+__all__ = [
+    "Faithfulness",
+    "InsertionDeletion",
+    "LocalizationError",
+    "PointingGame",
+    "box_iou",
+    "connected_components",
+    "faithfulness",
+    "insertion_deletion",
+    "largest_component_boxes",
+    "localization_correct",
+    "localization_error",
+    "parameter_layers",
+    "pointing_game_hits",
+    "rankdata",
+    "sanity_check",
+    "spearman",
+    "ssim",
+    "step_counts",
+]
