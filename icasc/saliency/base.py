@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = ["Attribution", "TargetLike", "eval_mode", "normalize", "resolve_target"]
+__all__ = ["Attribution", "TargetLike", "chunk_size_for", "eval_mode", "normalize", "resolve_target"]
 
 TargetLike = int | torch.Tensor | None
 
@@ -67,6 +67,29 @@ def resolve_target(logits: torch.Tensor, target: TargetLike) -> torch.Tensor:
     if target.numel() and (int(target.min()) < 0 or int(target.max()) >= c):
         raise ValueError(f"target class out of range [0, {c}): got {target.tolist()}")
     return target
+
+
+def chunk_size_for(
+    images: torch.Tensor,
+    chunk_size: int | None,
+    memory_budget_mb: float | None,
+    cpu_mb: float,
+    device_mb: float,
+) -> int:
+    """Images per forward of a batched method: ``chunk_size`` if given, else as many as fit a memory budget.
+
+    The budget counts input bytes per chunk; ``None`` picks it by device. On the CPU small chunks win, because
+    their activations stay in cache (measured on ResNet-18 at 224 px: Group-CAM 1.41 images/s with 34-image
+    chunks against 1.17 with one 264-image chunk; SmoothGrad 25 noisy images/s with 20-image chunks against 19
+    with 80); accelerators want large ones.
+    """
+    if chunk_size is not None:
+        return chunk_size
+    budget = memory_budget_mb
+    if budget is None:
+        budget = cpu_mb if images.device.type == "cpu" else device_mb
+    per_image = images[0].numel() * images.element_size()
+    return max(1, int(budget * 2**20) // per_image)
 
 
 def check_images(images: torch.Tensor) -> None:

@@ -147,6 +147,9 @@ def test_chunk_size_from_the_memory_budget() -> None:
     assert GroupCAM(model, "layer2", memory_budget_mb=10 * per_image / 2**20).chunk_size_for(x) == 10
     assert GroupCAM(model, "layer2", memory_budget_mb=1e-6).chunk_size_for(x) == 1
     assert GroupCAM(model, "layer2", chunk_size=7).chunk_size_for(x) == 7
+    # Default on the CPU: 20 MiB of input per chunk (34 images at 224 px).
+    big = torch.zeros(1, 3, 224, 224)
+    assert GroupCAM(model, "layer2").chunk_size_for(big) == 20 * 2**20 // (3 * 224 * 224 * 4) == 34
     assert GroupCAM.chunks(7, 3) == [slice(0, 3), slice(3, 6), slice(6, 7)]
 
 
