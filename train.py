@@ -1,13 +1,13 @@
-"""icasc's entry point: `python train.py` trains; `python train.py -cn explain ...` explains (see --help)."""
+"""icasc's entry point: `python train.py` trains; `-cn explain ...` explains; `-cn export ...` exports."""
 
 from __future__ import annotations
 
 import hydra
 from omegaconf import DictConfig
 
-from icasc.tasks import explain, train
+from icasc.tasks import explain, export, train
 
-TASKS = {"train": train.run, "explain": explain.run}
+TASKS = {"train": train.run, "explain": explain.run, "export": export.run}
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -2,6 +2,7 @@
 
     python -m icasc.bench step --backbone resnet18 --image-size 112 --batch-size 16
     python -m icasc.bench saliency --backbone resnet18 --image-size 224 --batch-size 8
+    python -m icasc.bench augment --backbone resnet18 --image-size 112 --batch-size 16
 
 Two sides run interleaved in one process (alternating which goes first), after a warm-up; the report
 gives medians. Never used as a timed test.
@@ -124,7 +125,40 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     sal.add_argument("--smoothgrad-samples", type=int, default=50)
     sal.add_argument("--seed", type=int, default=0)
     sal.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    aug = sub.add_parser(
+        "augment", help="Group-CAM augmentation: callback vs plain step vs one image at a time"
+    )
+    aug.add_argument("--backbone", default="resnet18")
+    aug.add_argument("--image-size", type=int, default=112)
+    aug.add_argument("--batch-size", type=int, default=16)
+    aug.add_argument("--num-classes", type=int, default=100)
+    aug.add_argument("--groups", type=int, default=16)
+    aug.add_argument("--repeats", type=int, default=10)
+    aug.add_argument("--warmup", type=int, default=2)
+    aug.add_argument("--device", default="cpu")
+    aug.add_argument("--seed", type=int, default=0)
+    aug.add_argument(
+        "--memory-budget-mb", type=float, default=None, help="scoring chunk budget (default: per device)"
+    )
     args = parser.parse_args(argv)
+    if args.what == "augment":
+        # Imported here: icasc.callbacks.benchmark imports interleaved_medians from this module.
+        from icasc.callbacks.benchmark import augment_benchmark
+
+        report = augment_benchmark(
+            backbone=args.backbone,
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            num_classes=args.num_classes,
+            groups=args.groups,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            device=args.device,
+            seed=args.seed,
+            memory_budget_mb=args.memory_budget_mb,
+        )
+        print(json.dumps(report), flush=True)
+        return report
     if args.what == "saliency":
         # Imported here: icasc.saliency.benchmark imports interleaved_medians from this module.
         from icasc.saliency.benchmark import saliency_benchmark

@@ -1,5 +1,6 @@
-"""Datasets and data modules: the embedded synthetic default dataset."""
+"""Datasets and data modules: the embedded synthetic default dataset, ImageNet from an ImageFolder tree."""
 
+from icasc.data.imagenet import ImageNetDataModule
 from icasc.data.synthetic import SyntheticDataModule, SyntheticShapes
 
-__all__ = ["SyntheticDataModule", "SyntheticShapes"]
+__all__ = ["ImageNetDataModule", "SyntheticDataModule", "SyntheticShapes"]

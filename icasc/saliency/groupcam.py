@@ -91,7 +91,7 @@ class GroupCAM(Attribution):
        ``blur_kernel``, std ``blur_sigma``, reflect borders; the kernel is clipped to the image's shorter
        side when longer, see :func:`~icasc.saliency.blur.clip_kernel_size`).
     5. ``alpha_l = p_c(I'_l) - p_c(I_blur)`` with ``p_c`` the softmax probability of the class (Eq. 6);
-       ``L = ReLU(sum_l alpha_l M'_l)`` (Eq. 7).
+       ``L = ReLU(sum_l alpha_l M'_l)`` (Eq. 7). Multi-label targets: see :meth:`score_masks`.
 
     ``G = 1`` with ``theta=None`` is Grad-CAM up to an affine rescaling (paper, end of §1).
 
@@ -215,23 +215,51 @@ class GroupCAM(Attribution):
                 # or the layer precedes every parameter; the backward still stops at the layer.
                 logits = self.model(images.detach().requires_grad_(self.gradient_weights))
             target = resolve_target(logits, target)
-            b, k, h, w = self._check_features(capture.features.get(self.layer))
-            features = capture.features[self.layer]
-            g = self.groups
+            features = capture.features.get(self.layer)
+            self._check_features(features)
+            grads = None
             if self.gradient_weights:
                 score = logits.gather(1, target[:, None]).sum()
                 (grads,) = torch.autograd.grad(score, features)
-                # Eq. 2 is Grad-CAM of each group: view the contiguous groups as separate samples.
-                maps = grad_cam(
-                    features.detach().reshape(b * g, k // g, h, w), grads.reshape(b * g, k // g, h, w)
-                )
-            else:
-                maps = F.relu(features.detach().reshape(b * g, k // g, h, w).sum(dim=1))
+        return self.group_maps(features.detach(), grads), target
+
+    def group_maps(self, features: torch.Tensor, grads: torch.Tensor | None = None) -> torch.Tensor:
+        """Group maps (Eq. 2-4) from the explained layer's activations: :meth:`masks` without its forward.
+
+        Callers that capture the activations themselves (e.g. a hook kept for a whole training run, as
+        :class:`~icasc.callbacks.GroupCAMAugmentation` does) turn them into group maps here.
+
+        Args:
+            features: ``[B, K, h, w]`` activations ``A`` of the layer.
+            grads: ``[B, K, h, w]`` gradients ``dF_c/dA`` of each sample's class score; required when
+                ``gradient_weights`` is True, and must be ``None`` otherwise (unit weights, paper §5).
+
+        Returns:
+            ``[B, G, h, w]``: the de-noised, min-max normalised ``M'_l`` (``"paper"``) or the raw ``M_l``
+            (``"reference_code"``), at the layer's resolution.
+
+        Raises:
+            ValueError: Activations that are not ``[B, K, h, w]``, ``groups`` not dividing ``K``, or
+                ``grads`` given or missing against ``gradient_weights``.
+        """
+        b, k, h, w = self._check_features(features)
+        if (grads is not None) != self.gradient_weights:
+            raise ValueError(
+                f"gradient_weights={self.gradient_weights} needs grads="
+                f"{'the [B, K, h, w] layer gradients' if self.gradient_weights else 'None'}"
+            )
+        g = self.groups
+        grouped = features.detach().reshape(b * g, k // g, h, w)
+        if grads is None:
+            maps = F.relu(grouped.sum(dim=1))
+        else:
+            # Eq. 2 is Grad-CAM of each group: view the contiguous groups as separate samples.
+            maps = grad_cam(grouped, grads.reshape(b * g, k // g, h, w))
         if self.variant == "paper":
             if self.theta is not None:
                 maps = denoise(maps, self.theta)
             maps = normalize(maps)
-        return maps.view(b, g, h, w), target
+        return maps.view(b, g, h, w)
 
     def baseline(self, images: torch.Tensor) -> torch.Tensor:
         """The blurred baseline ``I_blur`` (Eq. 5) of ``[B, C, H, W]`` images, same shape."""
@@ -274,36 +302,64 @@ class GroupCAM(Attribution):
             out[first - rows.start :].copy_(blurred[first - n_perturbed : rows.stop - n_perturbed])
         return out
 
-    def score_masks(self, images: torch.Tensor, maps: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def score_masks(
+        self,
+        images: torch.Tensor,
+        maps: torch.Tensor,
+        target: torch.Tensor,
+        blurred: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Confidence gains ``alpha_l = p_c(I'_l) - p_c(I_blur)`` (Eq. 5-6), before any clipping.
 
         All ``B * G`` perturbed images and the ``B`` baselines (:meth:`scored_inputs`) are built and scored
-        chunk by chunk (:meth:`chunk_size_for`) in no-grad forwards; ``p_c`` is the softmax probability.
+        chunk by chunk (:meth:`chunk_size_for`) in no-grad forwards. With a ``[B]`` class target, ``p_c`` is
+        the softmax probability of the class (Eq. 6). With a ``[B, C]`` multi-hot target (multi-label data,
+        whose models are trained with per-class sigmoids), ``p`` is the sum of the *sigmoid* probabilities
+        of the positive classes, so ``alpha_l`` is the sum of the per-class gains and the map covers every
+        positive object (a softmax would make the positives compete; an image without positives scores 0).
 
         Args:
             images: ``[B, C, H, W]`` images.
-            maps: ``[B, G, h, w]`` group maps from :meth:`masks`.
-            target: ``[B]`` classes.
+            maps: ``[B, G, h, w]`` group maps from :meth:`masks` or :meth:`group_maps`.
+            target: ``[B]`` classes, or ``[B, C]`` multi-hot positives.
+            blurred: ``[B, C, H, W]`` baselines from :meth:`baseline`, when already computed.
 
         Returns:
             ``[B, G]`` scores.
         """
         check_images(images)
-        if maps.dim() != 4 or maps.shape[0] != images.shape[0] or target.shape != (images.shape[0],):
+        b = images.shape[0]
+        if maps.dim() != 4 or maps.shape[0] != b or target.dim() not in (1, 2) or target.shape[0] != b:
             raise ValueError(
-                f"expected maps [B, G, h, w] and target [B] for B={images.shape[0]} images (from masks()), "
-                f"got {tuple(maps.shape)} and {tuple(target.shape)}"
+                f"expected maps [B, G, h, w] and target [B] (classes) or [B, C] (multi-hot) for B={b} "
+                f"images (from masks()), got {tuple(maps.shape)} and {tuple(target.shape)}"
             )
-        b, g = maps.shape[:2]
+        if blurred is None:
+            blurred = self.baseline(images)
+        elif blurred.shape != images.shape:
+            raise ValueError(
+                f"blurred must be shaped like the images {tuple(images.shape)} (from baseline()), "
+                f"got {tuple(blurred.shape)}"
+            )
+        multilabel = target.dim() == 2
+        positives = target.to(images.dtype) if multilabel else None
+        g = maps.shape[1]
         n_perturbed = b * g
         # The image (and class) of each scored row, in the row order of scored_inputs.
         source = torch.cat([torch.arange(b).repeat_interleave(g), torch.arange(b)]).to(target.device)
-        blurred = self.baseline(images)
         probs = images.new_empty(n_perturbed + b)
         with eval_mode(self.model), torch.no_grad():
             for rows in self.chunks(n_perturbed + b, self.chunk_size_for(images)):
                 logits = self.model(self.scored_inputs(images, blurred, maps, rows))
-                probs[rows] = logits.softmax(dim=1).gather(1, target[source[rows], None]).squeeze(1)
+                if positives is None:
+                    probs[rows] = logits.softmax(dim=1).gather(1, target[source[rows], None]).squeeze(1)
+                    continue
+                if positives.shape[1] != logits.shape[1]:
+                    raise ValueError(
+                        f"multi-hot target has {positives.shape[1]} classes, "
+                        f"the model {logits.shape[1]} classes"
+                    )
+                probs[rows] = (logits.sigmoid() * positives[source[rows]]).sum(dim=1)
         return probs[:n_perturbed].view(b, g) - probs[n_perturbed:].view(b, 1)
 
     def combine(self, maps: torch.Tensor, scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -1,4 +1,8 @@
-"""The train task: fit, (test), export the best model, draw attention maps, print a summary."""
+"""The train task: (init_from,) fit, (test), export the best model, draw attention maps, print a summary.
+
+A run with ``init_from`` starts from those weights (a checkpoint, an export or ``torchvision:<WEIGHTS>``),
+records them in the model card, and ends with the before/after report of the initial and the final model.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,11 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from icasc.models.export import config_hash, export_backbone
+from icasc.models.export import export_backbone
+from icasc.models.loading import load_weights_into
 from icasc.models.module import ICASCModule
+from icasc.tasks.before_after import before_after_markdown, resolve_init_from, write_before_after
+from icasc.tasks.export import model_card, report_for_run
 from icasc.visualize import attention_figure
 
 __all__ = ["run"]
@@ -37,27 +44,47 @@ def _best_checkpoint(trainer: L.Trainer) -> str | None:
 
 
 def _export(
-    module: ICASCModule, datamodule: Any, metrics: dict[str, float], cfg: DictConfig, out: Path
+    module: ICASCModule,
+    datamodule: Any,
+    metrics: dict[str, float],
+    cfg: DictConfig,
+    out: Path,
+    extra: dict[str, Any],
 ) -> Path:
-    card = {
-        "backbone": module.backbone_spec["name"],
-        # `weights` only initialised training; the exported file holds the trained weights.
-        "backbone_kwargs": {k: v for k, v in module.backbone_spec.items() if k not in ("name", "weights")},
-        "init_weights": module.backbone_spec.get("weights"),
-        "num_classes": module.num_classes,
-        "multilabel": module.multilabel,
-        "class_names": list(getattr(datamodule, "class_names", []) or []),
-        "input": {
-            "image_size": getattr(datamodule, "image_size", None),
-            "mean": list(datamodule.mean),
-            "std": list(datamodule.std),
-        },
-        "attention": {"method": module.attention.method, "layers": dict(module.attention.layers)},
-        "loss_weights": dict(module.loss.weights),
-        "metrics": metrics,
-        "config_hash": config_hash(OmegaConf.to_container(cfg, resolve=True)),
-    }
+    card = {**model_card(module, datamodule, metrics, cfg), **extra}
     return export_backbone(module.backbone, out / "export", card)["weights"]
+
+
+def _required(message: str) -> Any:
+    """The ``icasc_required`` resolver: a preset value the user must give (``${icasc_required:"why"}``)."""
+    raise ValueError(message)
+
+
+# Presets cannot mark a value as required with `???`: merging `???` over a default keeps the default.
+if not OmegaConf.has_resolver("icasc_required"):
+    OmegaConf.register_new_resolver("icasc_required", _required)
+
+
+def _init_from(cfg: DictConfig) -> str | None:
+    value = cfg.get("init_from")
+    return str(value) if value else None
+
+
+def _before_after(
+    module: ICASCModule, datamodule: Any, init_from: str, cfg: DictConfig, out: Path, source: str
+) -> dict[str, Any] | None:
+    """The before/after report of a run that started from ``init_from`` (``None`` when switched off)."""
+    settings = cfg.get("before_after")
+    if not settings or not settings.get("num_images"):
+        return None
+    spec = dict(module.backbone_spec)
+    info = {
+        "backbone": spec.pop("name"),
+        "backbone_kwargs": spec,
+        "num_classes": module.num_classes,
+        "attention_layers": dict(module.attention.layers),
+    }
+    return report_for_run(module.backbone, info, init_from, datamodule, settings, source)
 
 
 def _figure(module: ICASCModule, datamodule: Any, n: int, path: Path) -> Path:
@@ -96,13 +123,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         cfg: The composed ``train`` config (see ``conf/train.yaml``).
 
     Returns:
-        ``{"metrics": {...}, "outputs": {...}}``; the value named by ``cfg.optimized_metric`` is in metrics.
+        ``{"metrics": {...}, "outputs": {...}, "before_after": report or None}``; the value named by
+        ``cfg.optimized_metric`` is in metrics; the report exists for runs with ``init_from`` (rank 0).
+
+    Raises:
+        ValueError: ``init_from`` is required by the preset (``???``) but not given, or its weights do not fit
+            the configured backbone (see :func:`~icasc.models.loading.load_weights_into`).
     """
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
+    init_from = _init_from(cfg)
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
     module: ICASCModule = hydra.utils.instantiate(cfg.model)
+    if init_from:
+        loaded = load_weights_into(module.backbone, init_from, arch=module.backbone_spec["name"])
+        log.info("initialised the backbone from %s (%d tensors)", init_from, loaded["tensors"])
     callbacks = _instantiate_dict(cfg.get("callbacks"))
     loggers = _instantiate_dict(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -131,11 +167,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "exported model": None,
         "attention figure": None,
     }
+    report = None
     if trainer.is_global_zero:
+        extra: dict[str, Any] = {"init_from": resolve_init_from(init_from) if init_from else None}
+        if init_from:
+            report = _before_after(module, datamodule, init_from, cfg, out, best or "the final weights")
+        if report is not None:
+            extra["before_after"] = report
+            outputs["before/after report"] = str(write_before_after(report, out)["markdown"])
         if cfg.get("export", True):
-            outputs["exported model"] = str(_export(module, datamodule, metrics, cfg, out))
+            outputs["exported model"] = str(_export(module, datamodule, metrics, cfg, out, extra))
         if cfg.get("figure") and cfg.figure.get("enabled", True):
             n = int(cfg.figure.get("num_images", 6))
             outputs["attention figure"] = str(_figure(module, datamodule, n, out / "attention_maps.png"))
         print(_summary(metrics, outputs), flush=True)
-    return {"metrics": metrics, "outputs": outputs}
+        if report is not None:
+            print(before_after_markdown(report), flush=True)
+    return {"metrics": metrics, "outputs": outputs, "before_after": report}

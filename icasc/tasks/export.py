@@ -1,0 +1,206 @@
+"""The export task: score a fine-tuned model against the model it started from, and export it.
+
+``python train.py -cn export ckpt_path=<fine-tuned .ckpt or export> [init_from=...] [num_images=256]``
+evaluates the initial and the fine-tuned model on the same validation images (top-1, top-5, and the
+deletion and insertion AUC of Group-CAM maps of the true class, Group-CAM paper §4.3) and writes, under the
+run directory, ``export/model.safetensors`` + ``export/model_card.json`` (with ``before_after``),
+``before_after.json`` and ``before_after.md``. The train task writes the same report at the end of a run
+that started from ``init_from``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from icasc.models.backbones import default_attention_layers
+from icasc.models.export import CARD_FILE, config_hash, export_backbone
+from icasc.models.loading import TORCHVISION_PREFIX, load_classifier
+from icasc.models.module import ICASCModule
+from icasc.tasks.before_after import (
+    before_after_markdown,
+    before_after_report,
+    find_init_from,
+    initial_model,
+    resolve_init_from,
+    write_before_after,
+)
+
+__all__ = ["model_card", "report_for_run", "run"]
+
+log = logging.getLogger(__name__)
+
+# ------------------------------------------------------------------------------------------- the tasks
+
+
+def model_card(module: ICASCModule, datamodule: Any, metrics: Mapping[str, Any], cfg: DictConfig) -> dict:
+    """The model card of a trained :class:`~icasc.models.ICASCModule` (see ``export_backbone``).
+
+    Args:
+        module: The trained module.
+        datamodule: Its data (class names, input size and normalisation).
+        metrics: The metrics to record.
+        cfg: The composed config (hashed into ``config_hash``).
+    """
+    return {
+        "backbone": module.backbone_spec["name"],
+        # `weights` only initialised training; the exported file holds the trained weights.
+        "backbone_kwargs": {k: v for k, v in module.backbone_spec.items() if k not in ("name", "weights")},
+        "init_weights": module.backbone_spec.get("weights"),
+        "num_classes": module.num_classes,
+        "multilabel": module.multilabel,
+        "class_names": list(getattr(datamodule, "class_names", []) or []),
+        "input": {
+            "image_size": getattr(datamodule, "image_size", None),
+            "mean": list(datamodule.mean),
+            "std": list(datamodule.std),
+        },
+        "attention": {"method": module.attention.method, "layers": dict(module.attention.layers)},
+        "loss_weights": dict(module.loss.weights),
+        "metrics": dict(metrics),
+        "config_hash": config_hash(OmegaConf.to_container(cfg, resolve=True)),
+    }
+
+
+def _settings(node: DictConfig) -> dict[str, Any]:
+    """The report options of a config node, as plain values."""
+    settings = {}
+    for key in ("num_images", "batch_size", "seed", "groupcam", "faithfulness", "device"):
+        value = node.get(key)
+        if isinstance(value, DictConfig):
+            value = OmegaConf.to_container(value, resolve=True)
+        if value is not None:
+            settings[key] = value
+    return settings
+
+
+def report_for_run(
+    finetuned: nn.Module,
+    info: Mapping[str, Any],
+    init_from: str,
+    datamodule: Any,
+    settings: DictConfig,
+    finetuned_source: str,
+) -> dict[str, Any]:
+    """Build the initial model from ``init_from`` and score both (the step the train and export task share).
+
+    Args:
+        finetuned: The fine-tuned backbone.
+        info: Its ``backbone``, ``backbone_kwargs``, ``num_classes`` and ``attention_layers``.
+        init_from: The initial weights.
+        datamodule: Provides the validation split (``setup("validate")``, ``val_dataloader()``).
+        settings: ``num_images``, ``batch_size``, ``seed``, ``groupcam``, ``faithfulness``, ``device``,
+            ``layer`` (``None``: the model's last attention layer).
+        finetuned_source: What the fine-tuned model was loaded from (for the table).
+    """
+    initial, loaded = initial_model(init_from, info["backbone"], info["num_classes"], info["backbone_kwargs"])
+    if loaded["head_replaced"]:
+        log.warning(
+            "the initial model's head was freshly initialised (%s has 1000 classes, the model %d): its "
+            "'before' accuracy is that of a random head",
+            init_from,
+            info["num_classes"],
+        )
+    layer = (
+        settings.get("layer")
+        or (info.get("attention_layers") or {}).get("last")
+        or default_attention_layers(finetuned)[1]
+    )
+    datamodule.setup("validate")
+    dataset = datamodule.val_dataloader().dataset
+    report = before_after_report(
+        initial,
+        finetuned,
+        dataset,
+        layer,
+        **_settings(settings),
+        sources={"initial": init_from, "finetuned": finetuned_source},
+    )
+    report["initial_head_replaced"] = loaded["head_replaced"]
+    return report
+
+
+def _load_finetuned(path: Path, datamodule: Any, cfg: DictConfig) -> tuple[nn.Module, dict, dict]:
+    """The fine-tuned backbone, its info, and the base of its model card."""
+    if path.suffix == ".ckpt":
+        module = ICASCModule.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+        spec = dict(module.backbone_spec)
+        info = {
+            "backbone": spec.pop("name"),
+            "backbone_kwargs": {k: v for k, v in spec.items() if k != "weights"},
+            "num_classes": module.num_classes,
+            "attention_layers": dict(module.attention.layers),
+        }
+        return module.backbone.eval(), info, model_card(module, datamodule, {}, cfg)
+    model, info = load_classifier(path)
+    folder = path if path.is_dir() else path.parent
+    card = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
+    generated = ("format", "format_version", "files", "created", "state_dict_keys", "load")
+    return model, info, {k: v for k, v in card.items() if k not in generated}
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Score ``cfg.ckpt_path`` against its initial model, export it with a model card and the report.
+
+    Args:
+        cfg: The composed ``export`` config (see ``conf/export.yaml``).
+
+    Returns:
+        ``{"metrics": the fine-tuned model's scores, "before_after": report, "outputs": {...}}``.
+    """
+    if not cfg.get("ckpt_path"):
+        raise ValueError(
+            "export needs ckpt_path=<the fine-tuned Lightning .ckpt, an export directory or its "
+            "model.safetensors>"
+        )
+    path = Path(cfg.ckpt_path)
+    if not path.exists():
+        raise FileNotFoundError(f"ckpt_path={path}: no such file or directory")
+    init_from = cfg.get("init_from")
+    if not init_from:
+        found = find_init_from(path)
+        if found is None:
+            raise ValueError(
+                f"no initial model is known for {path}: neither its model card nor the run's "
+                ".hydra/config.yaml records init_from; pass init_from=<the .ckpt, export or "
+                "torchvision:<WEIGHTS> it started from>"
+            )
+        init_from, where = found
+        log.info("init_from=%s (recorded in %s)", init_from, where)
+        if not init_from.startswith(TORCHVISION_PREFIX) and not Path(init_from).exists():
+            raise FileNotFoundError(
+                f"the init_from recorded in {where}, {init_from}, does not exist (from this directory); "
+                "pass init_from=<its current path>"
+            )
+    datamodule = hydra.utils.instantiate(cfg.data)
+    model, info, card = _load_finetuned(path, datamodule, cfg)
+    data_classes = getattr(datamodule, "num_classes", None)
+    if data_classes is not None and int(data_classes) != int(info["num_classes"]):
+        raise ValueError(
+            f"the configured data has {data_classes} classes but {path} was trained for "
+            f"{info['num_classes']}: pass the run's data config (e.g. data=imagenet data.root=...)"
+        )
+    report = report_for_run(model, info, str(init_from), datamodule, cfg, str(path))
+    out = Path(cfg.paths.output_dir)
+    written = write_before_after(report, out)
+    card.update(
+        {
+            "metrics": dict(report["finetuned"]),
+            "metrics_note": f"{report['images']} validation images, see before_after",
+            "init_from": resolve_init_from(init_from),
+            "before_after": report,
+            "exported_from": str(path.resolve()),
+        }
+    )
+    weights = export_backbone(model, out / "export", card)["weights"]
+    print(before_after_markdown(report), flush=True)
+    outputs = {"exported model": str(weights), **{f"before_after.{k}": str(v) for k, v in written.items()}}
+    log.info("exported %s; before/after report in %s", weights, written["markdown"])
+    return {"metrics": dict(report["finetuned"]), "before_after": report, "outputs": outputs}
