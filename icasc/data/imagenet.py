@@ -18,13 +18,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
+from icasc.data.base import DictDataModule
 from icasc.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["DictImageDataset", "ImageNetDataModule", "eval_transform", "train_transform"]
@@ -93,7 +93,7 @@ def _class_folders(split_dir: Path) -> list[str]:
         return sorted(e.name for e in entries if e.is_dir())
 
 
-class ImageNetDataModule(L.LightningDataModule):
+class ImageNetDataModule(DictDataModule):
     """Lightning data module over an ImageNet-style ImageFolder tree (``root/{train,val}/<class>/*``).
 
     ``batch_size`` is **per device**: under DDP every device loads ``batch_size`` images, so the global batch
@@ -231,27 +231,6 @@ class ImageNetDataModule(L.LightningDataModule):
         if self.val_dataset is None:
             folder = self._folder("val", eval_transform(hp.image_size, hp.resize))
             self.val_dataset = DictImageDataset(self._subset(folder, hp.val_subset, "val_subset"))
-
-    def _loader(self, dataset: Dataset | None, name: str, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"the {name} dataset is not built; call setup() with the matching stage first")
-        hp = self.hparams
-        return DataLoader(
-            dataset,
-            batch_size=hp.batch_size,
-            shuffle=shuffle,
-            num_workers=hp.num_workers,
-            pin_memory=hp.pin_memory,
-            persistent_workers=hp.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled loader over the (sub-sampled) training split, with training augmentation."""
-        return self._loader(self.train_dataset, "train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Loader over the (sub-sampled) validation split, in order, resize + centre crop."""
-        return self._loader(self.val_dataset, "val", shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
         """ImageNet's test labels are not public: testing scores the validation split (as papers report)."""

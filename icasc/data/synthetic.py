@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -30,6 +29,7 @@ from icasc.data._synthetic_render import (
     class_grid,
     render_split,
 )
+from icasc.data.base import DictDataModule
 
 __all__ = [
     "SHAPES",
@@ -263,7 +263,7 @@ class RandomHorizontalFlip(Dataset):
         return getattr(self.dataset, name)
 
 
-class SyntheticDataModule(L.LightningDataModule):
+class SyntheticDataModule(DictDataModule):
     """Lightning data module over train/val/test splits of :class:`SyntheticShapes`.
 
     The three splits use different generator streams of the same ``seed``, so they are disjoint samples yet
@@ -346,31 +346,6 @@ class SyntheticDataModule(L.LightningDataModule):
             self.val_dataset = self._make("val", self.hparams.val_size)
         if stage in ("test", "predict", None) and self.test_dataset is None:
             self.test_dataset = self._make("test", self.hparams.test_size)
-
-    def _loader(self, dataset: Dataset | None, name: str, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"{name} dataset is not built; call setup() with the matching stage first")
-        hp = self.hparams
-        return DataLoader(
-            dataset,
-            batch_size=hp.batch_size,
-            shuffle=shuffle,
-            num_workers=hp.num_workers,
-            pin_memory=hp.pin_memory,
-            persistent_workers=hp.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled loader over the (optionally flipped) training split."""
-        return self._loader(self.train_dataset, "train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Loader over the validation split, in order."""
-        return self._loader(self.val_dataset, "val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        """Loader over the test split, in order."""
-        return self._loader(self.test_dataset, "test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
         """Loader over the test split, in order."""

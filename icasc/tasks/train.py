@@ -127,8 +127,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         ``cfg.optimized_metric`` is in metrics; the report exists for runs with ``init_from`` (rank 0).
 
     Raises:
-        ValueError: ``init_from`` is required by the preset (``???``) but not given, or its weights do not fit
-            the configured backbone (see :func:`~icasc.models.loading.load_weights_into`).
+        ValueError: ``init_from`` is required by the preset (``icasc_required``) but not given, or its weights
+            do not fit the configured backbone (see :func:`~icasc.models.loading.load_weights_into`).
     """
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)

@@ -10,26 +10,14 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from icasc.losses import ICASCLoss
 from icasc.models import ICASCModule
+from tests.helpers import FixedData
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class FixedData(Dataset):
-    def __init__(self, n: int = 8, classes: int = 4) -> None:
-        g = torch.Generator().manual_seed(0)
-        self.images = torch.randn(n, 3, 32, 32, generator=g)
-        self.targets = torch.arange(n) % classes
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"image": self.images[i], "target": self.targets[i]}
 
 
 class SaveGrads(L.Callback):

@@ -11,13 +11,14 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from icasc.callbacks import GroupCAMAugmentation
 from icasc.losses import ICASCLoss
 from icasc.models import ICASCModule
 from icasc.tasks.train import run
 from tests.conftest import ROOT, compose_train
+from tests.helpers import FixedData
 
 pytestmark = pytest.mark.slow
 
@@ -55,19 +56,6 @@ def test_train_config_with_groupcam_augmentation_trains_and_logs_grids(tmp_path:
 
 
 # ------------------------------------------------------------------------------------------------ DDP
-
-
-class FixedData(Dataset):
-    def __init__(self, n: int = 8, classes: int = 4) -> None:
-        g = torch.Generator().manual_seed(0)
-        self.images = torch.randn(n, 3, 32, 32, generator=g)
-        self.targets = torch.arange(n) % classes
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"image": self.images[i], "target": self.targets[i]}
 
 
 class Before(L.Callback):
