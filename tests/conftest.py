@@ -11,6 +11,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
+import icasc.tasks  # noqa: F401  (registers the configs' resolvers)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 

@@ -55,16 +55,6 @@ def _export(
     return export_backbone(module.backbone, out / "export", card)["weights"]
 
 
-def _required(message: str) -> Any:
-    """The ``icasc_required`` resolver: a preset value the user must give (``${icasc_required:"why"}``)."""
-    raise ValueError(message)
-
-
-# Presets cannot mark a value as required with `???`: merging `???` over a default keeps the default.
-if not OmegaConf.has_resolver("icasc_required"):
-    OmegaConf.register_new_resolver("icasc_required", _required)
-
-
 def _init_from(cfg: DictConfig) -> str | None:
     value = cfg.get("init_from")
     return str(value) if value else None
