@@ -99,97 +99,95 @@ def step_benchmark(
     }
 
 
+def _add_common(
+    parser: argparse.ArgumentParser,
+    image_size: int,
+    batch_size: int,
+    num_classes: int,
+    repeats: int,
+    warmup: int,
+) -> argparse.ArgumentParser:
+    """The arguments every benchmark takes, with that benchmark's defaults."""
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--image-size", type=int, default=image_size)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--num-classes", type=int, default=num_classes)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(prog="python -m icasc.bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
-    step = sub.add_parser("step", help="training step: baseline vs ICASC (A_ch, all three terms)")
-    step.add_argument("--backbone", default="resnet18")
-    step.add_argument("--image-size", type=int, default=112)
-    step.add_argument("--batch-size", type=int, default=16)
-    step.add_argument("--num-classes", type=int, default=100)
+    step = _add_common(
+        sub.add_parser("step", help="training step: baseline vs ICASC (A_ch, all three terms)"),
+        image_size=112,
+        batch_size=16,
+        num_classes=100,
+        repeats=10,
+        warmup=2,
+    )
     step.add_argument("--attention", default="ach", choices=["ach", "gradcam"])
-    step.add_argument("--repeats", type=int, default=10)
-    step.add_argument("--warmup", type=int, default=2)
-    step.add_argument("--device", default="cpu")
-    sal = sub.add_parser("saliency", help="saliency methods: whole batch vs one image at a time")
-    sal.add_argument("--backbone", default="resnet18")
-    sal.add_argument("--image-size", type=int, default=224)
-    sal.add_argument("--batch-size", type=int, default=8)
-    sal.add_argument("--num-classes", type=int, default=1000)
+    sal = _add_common(
+        sub.add_parser("saliency", help="saliency methods: whole batch vs one image at a time"),
+        image_size=224,
+        batch_size=8,
+        num_classes=1000,
+        repeats=3,
+        warmup=1,
+    )
     sal.add_argument(
         "--methods", default="gradcam,groupcam,smoothgrad", help="comma-separated names, e.g. gradcam,ach"
     )
-    sal.add_argument("--repeats", type=int, default=3)
-    sal.add_argument("--warmup", type=int, default=1)
-    sal.add_argument("--device", default="cpu")
     sal.add_argument("--smoothgrad-samples", type=int, default=50)
-    sal.add_argument("--seed", type=int, default=0)
     sal.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    aug = sub.add_parser(
-        "augment", help="Group-CAM augmentation: callback vs plain step vs one image at a time"
+    aug = _add_common(
+        sub.add_parser(
+            "augment", help="Group-CAM augmentation: callback vs plain step vs one image at a time"
+        ),
+        image_size=112,
+        batch_size=16,
+        num_classes=100,
+        repeats=10,
+        warmup=2,
     )
-    aug.add_argument("--backbone", default="resnet18")
-    aug.add_argument("--image-size", type=int, default=112)
-    aug.add_argument("--batch-size", type=int, default=16)
-    aug.add_argument("--num-classes", type=int, default=100)
     aug.add_argument("--groups", type=int, default=16)
-    aug.add_argument("--repeats", type=int, default=10)
-    aug.add_argument("--warmup", type=int, default=2)
-    aug.add_argument("--device", default="cpu")
-    aug.add_argument("--seed", type=int, default=0)
     aug.add_argument(
         "--memory-budget-mb", type=float, default=None, help="scoring chunk budget (default: per device)"
     )
     args = parser.parse_args(argv)
+    common = {
+        "backbone": args.backbone,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "num_classes": args.num_classes,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "device": args.device,
+        "seed": args.seed,
+    }
     if args.what == "augment":
         # Imported here: icasc.callbacks.benchmark imports interleaved_medians from this module.
         from icasc.callbacks.benchmark import augment_benchmark
 
-        report = augment_benchmark(
-            backbone=args.backbone,
-            image_size=args.image_size,
-            batch_size=args.batch_size,
-            num_classes=args.num_classes,
-            groups=args.groups,
-            repeats=args.repeats,
-            warmup=args.warmup,
-            device=args.device,
-            seed=args.seed,
-            memory_budget_mb=args.memory_budget_mb,
-        )
-        print(json.dumps(report), flush=True)
-        return report
-    if args.what == "saliency":
+        report = augment_benchmark(**common, groups=args.groups, memory_budget_mb=args.memory_budget_mb)
+    elif args.what == "saliency":
         # Imported here: icasc.saliency.benchmark imports interleaved_medians from this module.
         from icasc.saliency.benchmark import saliency_benchmark
 
         report = saliency_benchmark(
-            backbone=args.backbone,
-            image_size=args.image_size,
-            batch_size=args.batch_size,
-            num_classes=args.num_classes,
+            **common,
             methods=[m.strip() for m in args.methods.split(",") if m.strip()],
-            repeats=args.repeats,
-            warmup=args.warmup,
-            device=args.device,
             smoothgrad_samples=args.smoothgrad_samples,
-            seed=args.seed,
             dtype=getattr(torch, args.dtype),
         )
-        print(json.dumps(report), flush=True)
-        return report
-    result = step_benchmark(
-        args.backbone,
-        args.image_size,
-        args.batch_size,
-        args.num_classes,
-        args.attention,
-        args.repeats,
-        args.warmup,
-        args.device,
-    )
-    print(json.dumps(result), flush=True)
-    return result
+    else:
+        report = step_benchmark(**common, attention=args.attention)
+    print(json.dumps(report), flush=True)
+    return report
 
 
 if __name__ == "__main__":
