@@ -27,9 +27,11 @@ __all__ = [
     "CARD_FILE",
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "MAX_LISTED_KEYS",
     "WEIGHTS_FILE",
     "config_hash",
     "export_backbone",
+    "format_keys",
     "load_exported",
 ]
 
@@ -37,7 +39,7 @@ FORMAT_NAME = "icasc-export"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model_card.json"
-_MAX_LISTED_KEYS = 10
+MAX_LISTED_KEYS = 10
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -130,9 +132,10 @@ def export_backbone(model: nn.Module, out_dir: str | Path, card: Mapping[str, An
     return {"weights": weights_path, "card": card_path}
 
 
-def _format_keys(keys: list[str]) -> str:
-    shown = ", ".join(keys[:_MAX_LISTED_KEYS])
-    more = len(keys) - _MAX_LISTED_KEYS
+def format_keys(keys: list[str]) -> str:
+    """At most ten keys, comma-separated, and how many more there are (for mismatch errors)."""
+    shown = ", ".join(keys[:MAX_LISTED_KEYS])
+    more = len(keys) - MAX_LISTED_KEYS
     return shown + (f", ... ({more} more)" if more > 0 else "")
 
 
@@ -182,7 +185,7 @@ def load_exported(
         raise ValueError(
             f"weights in {weights_path} do not match backbone {card['backbone']!r} "
             f"(num_classes={card['num_classes']}): "
-            f"missing keys [{_format_keys(missing)}]; unexpected keys [{_format_keys(unexpected)}]"
+            f"missing keys [{format_keys(missing)}]; unexpected keys [{format_keys(unexpected)}]"
         )
     model.to(device)
     model.load_state_dict(state, strict=True)

@@ -24,7 +24,7 @@ from torch import nn
 from torchvision.models import VGG, ResNet
 
 from icasc.models.backbones import TORCHVISION_BACKBONES, build_backbone
-from icasc.models.export import CARD_FILE, WEIGHTS_FILE, load_exported
+from icasc.models.export import CARD_FILE, MAX_LISTED_KEYS, WEIGHTS_FILE, format_keys, load_exported
 from icasc.models.module import ICASCModule
 
 __all__ = ["TORCHVISION_PREFIX", "load_classifier", "load_weights_into"]
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 TORCHVISION_PREFIX = "torchvision:"
 _BACKBONE_PREFIX = "backbone."
 _COMPILED_PREFIX = "_orig_mod."
-_MAX_LISTED = 10
 
 
 def load_classifier(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -89,11 +88,6 @@ def load_classifier(path: str | Path, map_location: str = "cpu") -> tuple[nn.Mod
 # ------------------------------------------------------------------------------------------- init_from
 
 
-def _listed(keys: list[str]) -> str:
-    more = len(keys) - _MAX_LISTED
-    return ", ".join(keys[:_MAX_LISTED]) + (f", ... ({more} more)" if more > 0 else "")
-
-
 def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
 
@@ -117,15 +111,15 @@ def _mismatch_error(
         return None
     lines = [f"the weights of init_from={source} do not fit the {type(model).__name__} backbone{hint}:"]
     if missing:
-        lines.append(f"  missing keys ({len(missing)}): {_listed(missing)}")
+        lines.append(f"  missing keys ({len(missing)}): {format_keys(missing)}")
     if unexpected:
-        lines.append(f"  unexpected keys ({len(unexpected)}): {_listed(unexpected)}")
+        lines.append(f"  unexpected keys ({len(unexpected)}): {format_keys(unexpected)}")
     if shapes:
         shown = [
             f"{k} {list(state[k].shape)} in the source vs {list(expected[k].shape)} in the model"
-            for k in shapes[:_MAX_LISTED]
+            for k in shapes[:MAX_LISTED_KEYS]
         ]
-        more = f"; ... ({len(shapes) - _MAX_LISTED} more)" if len(shapes) > _MAX_LISTED else ""
+        more = f"; ... ({len(shapes) - MAX_LISTED_KEYS} more)" if len(shapes) > MAX_LISTED_KEYS else ""
         lines.append(f"  shape mismatches ({len(shapes)}): " + "; ".join(shown) + more)
     head = _classifier_key(expected)
     if head is not None and head in shapes and not missing and not unexpected:
