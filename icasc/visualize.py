@@ -1,4 +1,4 @@
-"""Figures: attention maps of the true and the most confusing class (PNG, matplotlib Agg)."""
+"""Figures: attention maps of the true and the most confusing class, the KS chart (PNG, matplotlib Agg)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,14 @@ import torch
 from icasc.attention.functional import max_normalize
 from icasc.attention.mechanism import AttentionMechanism
 from icasc.losses.functional import resize_map
+from icasc.metrics.ks import ks_curves, ks_statistic
 
 __all__ = [
     "attention_figure",
+    "confusion_gallery",
     "denormalize",
     "difference_figure",
+    "ks_figure",
     "method_grid",
     "overlay_figure",
     "show_overlay",
@@ -48,10 +51,10 @@ def show_overlay(ax: plt.Axes, image: torch.Tensor, saliency: torch.Tensor, alph
     ax.axis("off")
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
+def _save(fig: plt.Figure, path: str | Path, top: float = 1.0) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, top))  # top < 1 leaves room for a suptitle
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
@@ -173,3 +176,113 @@ def attention_figure(
             if i == 0 and j > 0:
                 ax.set_title(COLUMNS[j], fontsize=7)
     return _save(fig, path)
+
+
+def ks_figure(
+    true_probs: torch.Tensor,
+    confused_probs: torch.Tensor,
+    path: str | Path,
+    title: str = "",
+    labels: tuple[str, str] = ("Target", "Confused"),
+) -> Path:
+    """The KS chart of ICASC Fig. 9: both empirical CDFs and their largest gap.
+
+    Args:
+        true_probs: ``[n]`` probabilities of the ground-truth class.
+        confused_probs: ``[m]`` probabilities of the most confusing class.
+        path: Output PNG.
+        title: Figure title.
+        labels: Legend names of the two curves.
+
+    Returns:
+        The written path.
+    """
+    curves = ks_curves(true_probs, confused_probs)
+    statistic, threshold = ks_statistic(true_probs, confused_probs)
+    # Steps from 0 at x=0 to 1 at x=1, so the curves span the probability axis as in Fig. 9.
+    x = torch.cat(
+        [torch.zeros(1, dtype=curves["x"].dtype), curves["x"], torch.ones(1, dtype=curves["x"].dtype)]
+    )
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for key, label, color in (("target", labels[0], "tab:blue"), ("confused", labels[1], "tab:red")):
+        y = torch.cat([torch.zeros(1, dtype=x.dtype), curves[key], torch.ones(1, dtype=x.dtype)])
+        ax.step(x.cpu().numpy(), y.cpu().numpy(), where="post", color=color, label=label)
+    at = int(torch.searchsorted(curves["x"], threshold))
+    target_at, confused_at = float(curves["target"][at]), float(curves["confused"][at])
+    t = float(threshold)
+    label = f"KS = {float(statistic):.2f} at p = {t:.2f}"
+    if confused_at < target_at:  # not the case of Fig. 9: the confusing class wins
+        label += f"\n({labels[1]} probabilities higher)"
+    ax.vlines(
+        t,
+        min(target_at, confused_at),
+        max(target_at, confused_at),
+        colors="black",
+        linestyles="--",
+        label=label,
+    )
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("classification probability")
+    ax.set_ylabel("cumulative fraction of images")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def confusion_gallery(
+    pictures: torch.Tensor,
+    true_maps: torch.Tensor,
+    confused_maps: torch.Tensor,
+    rows: Sequence[str],
+    true_titles: Sequence[str],
+    confused_titles: Sequence[str],
+    path: str | Path,
+    boxes: Sequence[torch.Tensor | None] | None = None,
+    title: str = "",
+) -> Path:
+    """One row per image: the input, and jet overlays of the true-class and the most-confusing-class maps.
+
+    Args:
+        pictures: ``[N, H, W, 3]`` images in ``[0, 1]``.
+        true_maps: ``[N, H, W]`` maps of the true class, normalised to ``[0, 1]``.
+        confused_maps: ``[N, H, W]`` maps of the most confusing class, normalised to ``[0, 1]``.
+        rows: ``N`` titles of the input column (e.g. the image's index).
+        true_titles: ``N`` titles of the true-class column (class name and probability).
+        confused_titles: ``N`` titles of the confusing-class column.
+        path: Output PNG.
+        boxes: Optional per image ``[4]`` or ``[K, 4]`` xyxy boxes (or ``None``) drawn on the input.
+        title: Figure title.
+
+    Returns:
+        The written path.
+    """
+    n = pictures.shape[0]
+    if not (true_maps.shape[0] == confused_maps.shape[0] == len(rows) == n):
+        raise ValueError(
+            f"confusion_gallery needs as many maps and titles as pictures ({n}), got {true_maps.shape[0]} "
+            f"true maps, {confused_maps.shape[0]} confusing maps and {len(rows)} row titles"
+        )
+    fig, axes = plt.subplots(max(n, 1), 3, figsize=(6.6, 2.3 * max(n, 1)), squeeze=False)
+    for i in range(n):
+        axes[i, 0].imshow(pictures[i].cpu())
+        axes[i, 0].axis("off")
+        axes[i, 0].set_title(rows[i], fontsize=7)
+        box = boxes[i] if boxes is not None else None
+        if box is not None:
+            for x0, y0, x1, y1 in box.reshape(-1, 4).tolist():
+                axes[i, 0].add_patch(
+                    plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="lime", lw=1)
+                )
+        show_overlay(axes[i, 1], pictures[i].cpu(), true_maps[i].cpu())
+        axes[i, 1].set_title(true_titles[i], fontsize=7)
+        show_overlay(axes[i, 2], pictures[i].cpu(), confused_maps[i].cpu())
+        axes[i, 2].set_title(confused_titles[i], fontsize=7)
+    if n == 0:
+        axes[0, 0].text(0.5, 0.5, "no image to show", ha="center", va="center")
+        for ax in axes[0]:
+            ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path, top=1 - 0.35 / fig.get_figheight() if title else 1.0)

@@ -1,6 +1,27 @@
-"""Datasets and data modules: the embedded synthetic default dataset, ImageNet from an ImageFolder tree."""
+"""Datasets and data modules: the embedded synthetic default and the ICASC paper's five benchmarks.
 
+Every datamodule yields dict batches (``"image"``, ``"target"``, and ``"box"`` where the data has one object
+box per image) and exposes what the model and the tasks read: ``num_classes``, ``class_names``,
+``multilabel``, ``image_size``, ``mean``, ``std``. ``batch_size`` is the global batch (split across DDP
+processes).
+"""
+
+from icasc.data.base import DictDataModule
+from icasc.data.caltech256 import Caltech256DataModule
+from icasc.data.cifar100 import CIFAR100DataModule
+from icasc.data.cub200 import CUB200DataModule
 from icasc.data.imagenet import ImageNetDataModule
 from icasc.data.synthetic import SyntheticDataModule, SyntheticShapes
+from icasc.data.voc2012 import VOC_CLASSES, VOC2012DataModule
 
-__all__ = ["ImageNetDataModule", "SyntheticDataModule", "SyntheticShapes"]
+__all__ = [
+    "VOC_CLASSES",
+    "CIFAR100DataModule",
+    "CUB200DataModule",
+    "Caltech256DataModule",
+    "DictDataModule",
+    "ImageNetDataModule",
+    "SyntheticDataModule",
+    "SyntheticShapes",
+    "VOC2012DataModule",
+]

@@ -7,16 +7,15 @@ Expected layout (torchvision cannot download ImageNet; get it from image-net.org
 
 Transforms follow the standard recipe (and the Group-CAM fine-tuning of §5): training images get a
 ``RandomResizedCrop(image_size)`` and a horizontal flip; evaluation images are resized (shorter side to
-``resize``) and centre cropped to ``image_size``. Both are normalised with the ImageNet mean and std.
+``resize``) and centre cropped to ``image_size``, or, with ``ten_crop=True``, ten-cropped (ICASC Table 6
+"tenCrop"). Both are normalised with the ImageNet mean and std.
 """
 
 from __future__ import annotations
 
 import logging
-import numbers
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -24,42 +23,27 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
-from icasc.data.base import DictDataModule
-from icasc.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+from icasc.data.base import (
+    ImageNetNormalizedDataModule,
+    check_crop_sizes,
+    check_int,
+    check_label_kind,
+    check_loader_args,
+    check_root,
+)
+from icasc.data.transforms import eval_transform, ten_crop_transform, train_transform
 
-__all__ = ["DictImageDataset", "ImageNetDataModule", "eval_transform", "train_transform"]
+__all__ = [
+    "DictImageDataset",
+    "ImageNetDataModule",
+    "eval_transform",
+    "ten_crop_transform",
+    "train_transform",
+]
 
 log = logging.getLogger(__name__)
 
 _LAYOUT = "root/train/<wnid>/*.JPEG and root/val/<wnid>/*.JPEG (ImageFolder layout, one folder per class)"
-
-
-def train_transform(image_size: int, mean: Any = IMAGENET_MEAN, std: Any = IMAGENET_STD) -> v2.Compose:
-    """``RandomResizedCrop(image_size)`` + horizontal flip + float conversion + normalisation."""
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            v2.RandomResizedCrop(image_size, antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(list(mean), list(std)),
-        ]
-    )
-
-
-def eval_transform(
-    image_size: int, resize: int, mean: Any = IMAGENET_MEAN, std: Any = IMAGENET_STD
-) -> v2.Compose:
-    """Shorter side to ``resize``, centre crop ``image_size``, float conversion, normalisation."""
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            v2.Resize(resize, antialias=True),
-            v2.CenterCrop(image_size),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(list(mean), list(std)),
-        ]
-    )
 
 
 class DictImageDataset(Dataset):
@@ -80,28 +64,26 @@ class DictImageDataset(Dataset):
         return {"image": image, "target": torch.tensor(int(label), dtype=torch.int64)}
 
 
-def _check_int(name: str, value: Any, low: int, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        kind = "None or an int" if optional else "an int"
-        raise ValueError(f"{name} must be {kind} >= {low}, got {value!r}")
-
-
 def _class_folders(split_dir: Path) -> list[str]:
     with os.scandir(split_dir) as entries:
         return sorted(e.name for e in entries if e.is_dir())
 
 
-class ImageNetDataModule(DictDataModule):
+class ImageNetDataModule(ImageNetNormalizedDataModule):
     """Lightning data module over an ImageNet-style ImageFolder tree (``root/{train,val}/<class>/*``).
 
-    ``batch_size`` is **per device**: under DDP every device loads ``batch_size`` images, so the global batch
-    is ``batch_size * trainer.devices * trainer.num_nodes`` (the paper's 256 on 8 GPUs is ``batch_size=32``).
+    ``batch_size`` is the **global** batch (ICASC Table 1: 256): under DDP each of the ``trainer.world_size``
+    processes loads ``batch_size / world_size`` images per step (256 on 8 GPUs is 32 per GPU).
+
+    Ten-crop evaluation (``ten_crop=True``): validation and test samples' ``"image"`` is ``[10, 3, H, W]``
+    (the four corners and the centre of the resized image and of its mirror image), so batches are
+    ``[B, 10, 3, H, W]``; :class:`~icasc.models.ICASCModule` averages the softmax probabilities over the ten
+    crops. Attention and pointing-game metrics are not computed on ten-crop batches (a map per crop would
+    not be one map per image); validate without ten-crop to get them. Training is unaffected.
 
     Args:
         root: Directory holding ``train/`` and ``val/``.
-        batch_size: Images per device and step.
+        batch_size: Global batch: images per step summed over all devices; divisible by the world size.
         num_workers: DataLoader worker processes (persistent when ``> 0``).
         image_size: Side of the crops fed to the model (224).
         resize: Evaluation: the shorter side is resized to this before the centre crop (256);
@@ -113,6 +95,7 @@ class ImageNetDataModule(DictDataModule):
         num_classes: The class count the model is built for (the configs pass it to the model); checked
             against the class folders. ``None`` skips the check.
         multilabel: Must be ``False`` (ImageNet is single-label); present so configs can read it.
+        ten_crop: Evaluate (val and test) on ten crops per image instead of the centre crop.
 
     Raises:
         FileNotFoundError: ``root`` is not a directory (the message shows the expected layout).
@@ -132,25 +115,18 @@ class ImageNetDataModule(DictDataModule):
         seed: int = 0,
         num_classes: int | None = None,
         multilabel: bool = False,
+        ten_crop: bool = False,
     ) -> None:
         super().__init__()
-        if root is None or str(root) in ("", "???"):
-            raise ValueError(f"set data.root to the ImageNet directory holding {_LAYOUT}")
-        for name, value, low in (
-            ("batch_size", batch_size, 1),
-            ("num_workers", num_workers, 0),
-            ("image_size", image_size, 1),
-            ("resize", resize, 1),
-        ):
-            _check_int(name, value, low)
-        _check_int("train_subset", train_subset, 1, optional=True)
-        _check_int("val_subset", val_subset, 1, optional=True)
-        _check_int("num_classes", num_classes, 2, optional=True)
-        if resize < image_size:
-            raise ValueError(f"resize ({resize}) must be >= image_size ({image_size}): it precedes the crop")
-        if multilabel:
-            raise ValueError("ImageNet is single-label: set data.multilabel=false")
-        self.root = Path(root).expanduser()
+        self.root = check_root(root, f"set data.root to the ImageNet directory holding {_LAYOUT}")
+        check_loader_args(batch_size, num_workers)
+        check_crop_sizes(image_size, resize)
+        check_int("train_subset", train_subset, 1, optional=True)
+        check_int("val_subset", val_subset, 1, optional=True)
+        check_int("num_classes", num_classes, 2, optional=True)
+        if not isinstance(ten_crop, bool):
+            raise ValueError(f"ten_crop must be true or false, got {ten_crop!r}")
+        check_label_kind("ImageNet", multilabel, self.MULTILABEL)
         if not self.root.is_dir():
             raise FileNotFoundError(
                 f"ImageNet root {self.root} is not a directory: expected {_LAYOUT}. torchvision cannot "
@@ -229,7 +205,8 @@ class ImageNetDataModule(DictDataModule):
             folder = self._folder("train", train_transform(hp.image_size))
             self.train_dataset = DictImageDataset(self._subset(folder, hp.train_subset, "train_subset"))
         if self.val_dataset is None:
-            folder = self._folder("val", eval_transform(hp.image_size, hp.resize))
+            make = ten_crop_transform if hp.get("ten_crop", False) else eval_transform
+            folder = self._folder("val", make(hp.image_size, hp.resize))
             self.val_dataset = DictImageDataset(self._subset(folder, hp.val_subset, "val_subset"))
 
     def test_dataloader(self) -> DataLoader:
@@ -249,21 +226,6 @@ class ImageNetDataModule(DictDataModule):
         return list(self.classes("val"))
 
     @property
-    def multilabel(self) -> bool:
-        """Always ``False``."""
-        return False
-
-    @property
-    def image_size(self) -> int:
-        """Side of the model's input crops."""
-        return self.hparams.image_size
-
-    @property
-    def mean(self) -> tuple[float, float, float]:
-        """ImageNet per-channel mean."""
-        return IMAGENET_MEAN
-
-    @property
-    def std(self) -> tuple[float, float, float]:
-        """ImageNet per-channel standard deviation."""
-        return IMAGENET_STD
+    def ten_crop(self) -> bool:
+        """Whether val/test samples are ten crops ``[10, 3, H, W]``."""
+        return bool(self.hparams.get("ten_crop", False))

@@ -281,7 +281,7 @@ class SyntheticDataModule(DictDataModule):
         multilabel: Multi-label mode (multi-hot targets, no ``"box"`` key).
         max_objects: Maximum objects per image in multi-label mode, in ``[1, num_classes]``.
         seed: Base seed of the generated data.
-        batch_size: Batch size, ``>= 1``.
+        batch_size: Global batch size, ``>= 1``; under DDP each process loads ``batch_size / world_size``.
         num_workers: DataLoader workers, ``>= 0`` (workers are persistent when ``> 0``).
         pin_memory: Passed to the DataLoaders.
         augment: If True, training samples are horizontally flipped (boxes too) with probability 0.5.

@@ -3,6 +3,8 @@
 - Deletion / insertion AUC (Group-CAM §4.3): :func:`insertion_deletion`, :class:`InsertionDeletion`.
 - Pointing game (Grad-CAM §4.3, Group-CAM §4.4): :func:`pointing_game_hits`, :class:`PointingGame`.
 - Weakly-supervised localisation (Grad-CAM §4.1): :func:`localization_error`, :class:`LocalizationError`.
+- KS separation of the true and the most confusing class (ICASC §4.2.1, Fig. 9): :func:`ks_statistic`,
+  :func:`class_probabilities`, :class:`KSStatistic`.
 - Faithfulness vs occlusion (Grad-CAM §5.3): :func:`spearman`, :func:`faithfulness`, :class:`Faithfulness`.
 - Sanity check (Group-CAM §4.5): :func:`sanity_check`, :func:`ssim`.
 """
@@ -12,6 +14,15 @@ from icasc.metrics.insertion_deletion import (
     InsertionDeletion,
     insertion_deletion,
     step_counts,
+)
+from icasc.metrics.ks import (
+    KSStatistic,
+    class_probabilities,
+    ecdf,
+    ks_curves,
+    ks_sign,
+    ks_statistic,
+    most_confused,
 )
 from icasc.metrics.localization import (
     LocalizationError,
@@ -27,15 +38,22 @@ from icasc.metrics.sanity import parameter_layers, sanity_check, ssim
 __all__ = [
     "Faithfulness",
     "InsertionDeletion",
+    "KSStatistic",
     "LocalizationError",
     "PointingGame",
     "box_iou",
+    "class_probabilities",
     "connected_components",
+    "ecdf",
     "faithfulness",
     "insertion_deletion",
+    "ks_curves",
+    "ks_sign",
+    "ks_statistic",
     "largest_component_boxes",
     "localization_correct",
     "localization_error",
+    "most_confused",
     "parameter_layers",
     "pointing_game_hits",
     "rankdata",

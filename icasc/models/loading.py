@@ -1,6 +1,7 @@
 """Load a trained classifier, or load weights into a backbone (checkpoints, exports, torchvision).
 
-``load_classifier(path)`` rebuilds a model from a checkpoint or an export. ``load_weights_into(backbone,
+``load_classifier(path)`` rebuilds a model from a checkpoint or an export (``load_trained(path)`` returns
+what the file holds: backbone, Lightning module or model card). ``load_weights_into(backbone,
 source)`` fills an existing backbone (the fine-tuning entry point ``init_from``), strictly: a source whose
 keys or shapes do not fit raises an error listing the missing and unexpected keys and the shape mismatches.
 
@@ -27,13 +28,52 @@ from icasc.models.backbones import TORCHVISION_BACKBONES, build_backbone
 from icasc.models.export import CARD_FILE, MAX_LISTED_KEYS, WEIGHTS_FILE, format_keys, load_exported
 from icasc.models.module import ICASCModule
 
-__all__ = ["TORCHVISION_PREFIX", "load_classifier", "load_weights_into"]
+__all__ = ["TORCHVISION_PREFIX", "load_classifier", "load_trained", "load_weights_into"]
 
 log = logging.getLogger(__name__)
 
 TORCHVISION_PREFIX = "torchvision:"
 _BACKBONE_PREFIX = "backbone."
 _COMPILED_PREFIX = "_orig_mod."
+
+
+def load_trained(
+    path: str | Path, map_location: str = "cpu"
+) -> tuple[nn.Module, ICASCModule | None, dict[str, Any]]:
+    """What a checkpoint or an export holds: the backbone, the Lightning module and the model card.
+
+    The one place that tells a checkpoint from an export; :func:`load_classifier` and the eval task's
+    ``load_module`` build their results from it.
+
+    Args:
+        path: A Lightning checkpoint of :class:`~icasc.models.ICASCModule` (``.ckpt``), or an export
+            directory / its ``model.safetensors`` (with ``model_card.json`` beside it).
+        map_location: Device for the weights.
+
+    Returns:
+        ``(backbone, module, card)``: for a checkpoint the module's backbone, the module and ``{}``; for an
+        export the rebuilt backbone, ``None`` and the model card. Modes are left as loaded.
+
+    Raises:
+        FileNotFoundError: Nothing at ``path``.
+        ValueError: A file that is neither a checkpoint nor an export.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no checkpoint or export at {path}: no such file or directory; give a Lightning .ckpt of "
+            f"ICASCModule, an export directory or its {WEIGHTS_FILE}"
+        )
+    if path.suffix == ".ckpt":
+        module = ICASCModule.load_from_checkpoint(path, map_location=map_location, weights_only=False)
+        return module.backbone, module, {}
+    if path.is_dir() or path.name == WEIGHTS_FILE:
+        model, card = load_exported(path, map_location=map_location)
+        return model, None, card
+    raise ValueError(
+        f"{path} is neither a Lightning checkpoint (.ckpt) nor an icasc export ({WEIGHTS_FILE} with "
+        f"{CARD_FILE} beside it)"
+    )
 
 
 def load_classifier(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -54,14 +94,8 @@ def load_classifier(path: str | Path, map_location: str = "cpu") -> tuple[nn.Mod
         FileNotFoundError: Nothing at ``path``.
         ValueError: A file that is neither a checkpoint nor an export.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"no checkpoint or export at {path}: expected a Lightning .ckpt file, an export directory, "
-            f"or its {WEIGHTS_FILE}"
-        )
-    if path.suffix == ".ckpt":
-        module = ICASCModule.load_from_checkpoint(path, map_location=map_location, weights_only=False)
+    model, module, card = load_trained(path, map_location)
+    if module is not None:
         spec = dict(module.backbone_spec)
         info = {
             "num_classes": module.num_classes,
@@ -69,9 +103,7 @@ def load_classifier(path: str | Path, map_location: str = "cpu") -> tuple[nn.Mod
             "backbone": spec.pop("name"),
             "backbone_kwargs": {k: v for k, v in spec.items() if k != "weights"},
         }
-        return module.backbone.eval(), info
-    if path.is_dir() or path.name == WEIGHTS_FILE:
-        model, card = load_exported(path, map_location=map_location)
+    else:
         info = {
             "num_classes": card["num_classes"],
             "attention_layers": dict(card.get("attention", {}).get("layers", {})),
@@ -81,8 +113,7 @@ def load_classifier(path: str | Path, map_location: str = "cpu") -> tuple[nn.Mod
             "backbone_kwargs": dict(card.get("backbone_kwargs") or {}),
             "init_from": card.get("init_from"),
         }
-        return model.eval(), info
-    raise ValueError(f"{path} is neither a Lightning checkpoint (.ckpt) nor an icasc export ({WEIGHTS_FILE})")
+    return model.eval(), info
 
 
 # ------------------------------------------------------------------------------------------- init_from

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
+from torchmetrics import MeanMetric, Metric
+from torchmetrics.classification import MulticlassAccuracy, MultilabelAUROC, MultilabelAveragePrecision
 
 from icasc.attention.mechanism import AttentionMechanism
 from icasc.losses.icasc import ICASCLoss
+from icasc.metrics.ks import KSStatistic
 from icasc.metrics.pointing_game import pointing_game_hits
 from icasc.models.backbones import build_backbone, default_attention_layers
 
-__all__ = ["ICASCModule"]
+__all__ = ["ICASCModule", "crop_average_logits"]
+
+# Logged at the end of the epoch from their computed value (KS) or not logged at all (per-class AP).
+_EPOCH_END_METRICS = ("ks", "class_ap")
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -34,6 +40,32 @@ def _backbone_spec(backbone: str | Mapping[str, Any] | nn.Module) -> dict[str, A
             f"a backbone mapping needs a 'name' (a registered backbone), got keys {sorted(spec)}"
         )
     return spec
+
+
+def crop_average_logits(logits: torch.Tensor, multilabel: bool = False) -> torch.Tensor:
+    """Logits of the crop-averaged prediction (ten-crop evaluation, ICASC Table 6 "tenCrop").
+
+    The prediction of an image is the mean over its crops of the per-crop probabilities (softmax, or sigmoid
+    per class for multi-label). Returned as logits of that mean, so every consumer of logits sees it:
+    single-label ``log(mean_n softmax(z_n))``, whose softmax is the mean and whose cross-entropy is the NLL of
+    the mean; multi-label ``logit(mean_n sigmoid(z_n))``, whose soft-margin loss is the binary cross-entropy
+    of the mean. Computed with log-sum-exp, so saturated crops stay finite.
+
+    Args:
+        logits: ``[B, n, C]`` logits of ``n`` crops per image.
+        multilabel: Average sigmoid (True) or softmax (False) probabilities.
+
+    Returns:
+        ``[B, C]``.
+    """
+    if logits.dim() != 3:
+        raise ValueError(f"crop logits must be [B, n_crops, C], got {tuple(logits.shape)}")
+    log_n = math.log(logits.shape[1])
+    if not multilabel:
+        return torch.logsumexp(F.log_softmax(logits, dim=2), dim=1) - log_n
+    log_p = torch.logsumexp(F.logsigmoid(logits), dim=1) - log_n
+    log_not_p = torch.logsumexp(F.logsigmoid(-logits), dim=1) - log_n
+    return log_p - log_not_p
 
 
 def _attention_spec(attention: str | Mapping[str, Any]) -> dict[str, Any]:
@@ -70,6 +102,14 @@ class ICASCModule(L.LightningModule):
         check_finite: Stop with an error naming the step and the term when a loss term is NaN or Inf.
         val_attention: Compute attention maps in validation and test (overlap, pointing game).
         pointing_tolerance: Pointing-game tolerance in input pixels.
+
+    Evaluation (validation and test) logs ``{stage}/top1``, ``top5`` and ``ks`` (the KS statistic of Fig. 9,
+    with ``ks_threshold``, the probability where it occurs) for single-label data, ``{stage}/map`` and
+    ``auc`` (both macro over the classes) for multi-label data, plus the loss terms, ``attention_overlap``
+    and ``pointing_game``. The per-class AP (``class_ap``) is computed but not logged; read it with
+    :meth:`compute_metrics`. Batches whose ``"image"`` is ``[B, n_crops, 3, H, W]`` (ten-crop) are scored
+    on the crop-averaged probabilities (:func:`crop_average_logits`; the loss is the classification loss of
+    that average) and add nothing to the attention metrics (there are no boxes for crops).
     """
 
     def __init__(
@@ -113,25 +153,40 @@ class ICASCModule(L.LightningModule):
     def multilabel(self) -> bool:
         return self.loss.multilabel
 
-    def _score_metrics(self) -> dict[str, nn.Module]:
+    def _score_metrics(self, stage: str) -> dict[str, Metric]:
+        # mAP, AUC and KS need the whole epoch's scores; in training only the accuracies are tracked.
         if self.multilabel:
-            return {"map": MultilabelAveragePrecision(num_labels=self.num_classes, average="macro")}
-        return {
+            if stage == "train":
+                return {}
+            return {
+                "map": MultilabelAveragePrecision(num_labels=self.num_classes, average="macro"),
+                "auc": MultilabelAUROC(num_labels=self.num_classes, average="macro"),
+                "class_ap": MultilabelAveragePrecision(num_labels=self.num_classes, average=None),
+            }
+        metrics: dict[str, Metric] = {
             "top1": MulticlassAccuracy(self.num_classes, top_k=1, average="micro"),
             "top5": MulticlassAccuracy(self.num_classes, top_k=min(5, self.num_classes), average="micro"),
         }
+        if stage != "train":
+            metrics["ks"] = KSStatistic()
+        return metrics
 
     def _build_metrics(self) -> None:
-        # mAP needs the whole epoch's scores; in training only the accuracies are tracked.
-        self.train_metrics = nn.ModuleDict({} if self.multilabel else self._score_metrics())
+        self.train_metrics = nn.ModuleDict(self._score_metrics("train"))
         for stage in ("val", "test"):
-            metrics = self._score_metrics()
+            metrics = self._score_metrics(stage)
             metrics["attention_overlap"] = MeanMetric()
             metrics["pointing_game"] = MeanMetric()
             setattr(self, f"{stage}_metrics", nn.ModuleDict(metrics))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(images)
+
+    def crop_averaged(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, C]`` logits of the crop-averaged prediction of ``[B, n_crops, 3, H, W]`` images."""
+        b, n = images.shape[:2]
+        logits = self.backbone(images.flatten(0, 1))
+        return crop_average_logits(logits.float().view(b, n, -1), self.multilabel)
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -193,11 +248,37 @@ class ICASCModule(L.LightningModule):
             self.log(f"train/{name}", metric, on_step=False, on_epoch=True, batch_size=batch_size)
         return total
 
-    def _eval_step(self, batch: Mapping[str, torch.Tensor], stage: str, batch_idx: int) -> None:
+    def score_batch(
+        self, batch: Mapping[str, torch.Tensor], stage: str = "test", batch_idx: int = 0
+    ) -> dict[str, Any]:
+        """Score one evaluation batch and update the ``stage``'s metrics, without logging.
+
+        The validation and test steps call it and log; the evaluation task calls it in its own loop and
+        reads the metrics with :meth:`compute_metrics`, so both report the same numbers.
+
+        Args:
+            batch: ``{"image": [B, 3, H, W] or [B, n_crops, 3, H, W], "target", optional "box"}``.
+            stage: ``"val"`` or ``"test"``: whose metrics to update.
+            batch_idx: For error messages.
+
+        Returns:
+            ``{"loss": total, "terms": {name: value}, "probs": [B, C], "batch_size": B}``, detached; ``probs``
+            are softmax (single-label) or sigmoid (multi-label) probabilities.
+        """
+        if stage not in ("val", "test"):
+            raise ValueError(f"stage must be 'val' or 'test', got {stage!r}")
         images, targets = batch["image"], batch["target"]
+        if images.dim() not in (4, 5):
+            raise ValueError(
+                f"batch['image'] must be [B, 3, H, W], or [B, n_crops, 3, H, W] for multi-crop evaluation, "
+                f"got {tuple(images.shape)}"
+            )
         metrics = getattr(self, f"{stage}_metrics")
         out = None
-        if self.val_attention:
+        if images.dim() == 5:
+            with torch.no_grad():
+                logits = self.crop_averaged(images)
+        elif self.val_attention:
             if torch.is_inference_mode_enabled():
                 raise RuntimeError(
                     "attention maps need autograd during validation: create the Trainer with "
@@ -209,30 +290,47 @@ class ICASCModule(L.LightningModule):
             out.target = {k: v.detach() for k, v in out.target.items()}
             out.confusing = {k: v.detach() for k, v in out.confusing.items()}
         else:
-            logits = self.backbone(images)
+            with torch.no_grad():
+                logits = self.backbone(images)
         with torch.no_grad():
-            total, terms = self.loss(logits, targets, out if self.loss.attention_enabled else None)
+            if out is not None and self.loss.attention_enabled:
+                total, terms = self.loss(logits, targets, out)
+            else:  # no maps (multi-crop, val_attention off): the classification loss alone
+                terms = {"classification": self.loss.classification(logits, targets)}
+                total = terms["classification"]
             self._check_finite({**terms, "total": total}, stage, batch_idx)
-            batch_size = images.shape[0]
-            self.log(f"{stage}/loss", total, prog_bar=stage == "val", sync_dist=True, batch_size=batch_size)
-            for name, value in terms.items():
-                self.log(f"{stage}/{name}", value, sync_dist=True, batch_size=batch_size)
-            self._update_metrics(metrics, logits, targets, out, batch)
+            probs = self._update_metrics(metrics, logits, targets, out, batch)
+        return {"loss": total, "terms": terms, "probs": probs, "batch_size": images.shape[0]}
+
+    def _eval_step(self, batch: Mapping[str, torch.Tensor], stage: str, batch_idx: int) -> None:
+        scored = self.score_batch(batch, stage, batch_idx)
+        metrics = getattr(self, f"{stage}_metrics")
+        batch_size = scored["batch_size"]
+        self.log(
+            f"{stage}/loss", scored["loss"], prog_bar=stage == "val", sync_dist=True, batch_size=batch_size
+        )
+        for name, value in scored["terms"].items():
+            self.log(f"{stage}/{name}", value, sync_dist=True, batch_size=batch_size)
         for name, metric in metrics.items():
-            if name in ("attention_overlap", "pointing_game") and out is None:
+            if name in _EPOCH_END_METRICS or not metric.update_called:
                 continue
             if name == "pointing_game" and "box" not in batch:
                 continue
             self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "top1")
 
-    def _update_metrics(self, metrics, logits, targets, out, batch) -> None:
+    def _update_metrics(self, metrics, logits, targets, out, batch) -> torch.Tensor:
         if self.multilabel:
-            metrics["map"](logits, targets.long())
+            probs = logits.float().sigmoid()
+            for name in ("map", "auc", "class_ap"):
+                # update, not forward: these are epoch-level; a per-batch value would cost a full compute
+                metrics[name].update(probs, targets.long())
         else:
+            probs = logits.float().softmax(dim=1)
             metrics["top1"](logits, targets)
             metrics["top5"](logits, targets)
+            metrics["ks"].update(probs, targets)
         if out is None:
-            return
+            return probs
         # Weighted by batch size, so a short last batch counts per sample like the others.
         metrics["attention_overlap"].update(self.loss.attention_overlap(out), weight=logits.shape[0])
         if "box" in batch:
@@ -240,6 +338,55 @@ class ICASCModule(L.LightningModule):
                 out.target["last"], batch["box"], tuple(batch["image"].shape[-2:]), self.pointing_tolerance
             )
             metrics["pointing_game"].update(hits.float())
+        return probs
+
+    def compute_metrics(self, stage: str = "test") -> dict[str, Any]:
+        """The ``stage``'s metrics over everything scored since their last reset (synced under DDP).
+
+        Returns:
+            ``{name: float}`` for the scalar metrics that saw data (``top1``, ``top5``, ``ks``,
+            ``ks_threshold`` and the int ``ks_sign`` / ``map``, ``auc``; ``attention_overlap``,
+            ``pointing_game``) and
+            ``class_ap``: ``[C]`` per-class average precision (multi-label; 0 for a class without positives,
+            as torchmetrics computes it).
+        """
+        values: dict[str, Any] = {}
+        for name, metric in getattr(self, f"{stage}_metrics").items():
+            if not metric.update_called:
+                continue
+            if name == "ks":
+                result = metric.compute()
+                values["ks"], values["ks_threshold"] = float(result["statistic"]), float(result["threshold"])
+                values["ks_sign"] = result["sign"]
+            elif name == "class_ap":
+                values[name] = [float(v) for v in metric.compute()]
+            else:
+                values[name] = float(metric.compute())
+        return values
+
+    def reset_metrics(self, stage: str = "test") -> None:
+        """Reset the ``stage``'s metrics (before scoring a new split with :meth:`score_batch`)."""
+        for metric in getattr(self, f"{stage}_metrics").values():
+            metric.reset()
+
+    def _log_epoch_end(self, stage: str) -> None:
+        # The KS metric returns a dict (statistic and threshold), which self.log cannot take as a Metric.
+        metrics = getattr(self, f"{stage}_metrics")
+        if "ks" in metrics and metrics["ks"].update_called:
+            ks = metrics["ks"]
+            result = ks.compute()  # gathers every process's samples: the same value on every rank
+            # sync_dist averages identical values; it only silences Lightning's epoch-level DDP warning
+            self.log(f"{stage}/ks", float(result["statistic"]), sync_dist=True)
+            self.log(f"{stage}/ks_threshold", float(result["threshold"]), sync_dist=True)
+        for name in _EPOCH_END_METRICS:
+            if name in metrics:
+                metrics[name].reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_end("test")
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val", batch_idx)
@@ -249,6 +396,8 @@ class ICASCModule(L.LightningModule):
 
     def predict_step(self, batch: Mapping[str, torch.Tensor] | torch.Tensor, batch_idx: int) -> torch.Tensor:
         images = batch["image"] if isinstance(batch, Mapping) else batch
+        if images.dim() == 5:
+            return self.crop_averaged(images)
         return self.backbone(images)
 
     # -- optimisation ------------------------------------------------------------------------------------

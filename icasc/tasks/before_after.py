@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from icasc.data.transforms import centre_view
 from icasc.metrics.insertion_deletion import insertion_deletion
 from icasc.models.backbones import build_backbone
 from icasc.models.loading import TORCHVISION_PREFIX, load_weights_into
@@ -102,7 +103,7 @@ def score_classifier(
     count = 0
     try:
         for batch in loader:
-            images, targets = batch["image"].to(dev), batch["target"].to(dev)
+            images, targets = centre_view(batch["image"]).to(dev), batch["target"].to(dev)
             if targets.dim() != 1:
                 raise ValueError(
                     "the before/after report needs single-label data (one true class per image); "

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from icasc.data.images import find_images, load_images
+from icasc.data.transforms import centre_view
 from icasc.metrics.insertion_deletion import insertion_deletion
 from icasc.metrics.pointing_game import pointing_game_hits
 from icasc.models.backbones import default_attention_layers
@@ -37,7 +38,7 @@ def _data_images(cfg: DictConfig) -> dict[str, Any]:
     if batch["target"].dim() != 1:
         raise ValueError("explain needs single-label data (one true class per image)")
     return {
-        "images": batch["image"],
+        "images": centre_view(batch["image"]),
         "targets": batch["target"],
         "boxes": batch.get("box"),
         "names": [f"val_{i:04d}" for i in range(n)],

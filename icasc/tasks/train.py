@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from icasc.data.transforms import centre_view
 from icasc.models.export import export_backbone
 from icasc.models.loading import load_weights_into
 from icasc.models.module import ICASCModule
@@ -79,7 +80,8 @@ def _before_after(
 
 def _figure(module: ICASCModule, datamodule: Any, n: int, path: Path) -> Path:
     batch = next(iter(datamodule.val_dataloader()))
-    images, targets = batch["image"][:n].to(module.device), batch["target"][:n].to(module.device)
+    images = centre_view(batch["image"][:n]).to(module.device)
+    targets = batch["target"][:n].to(module.device)
     boxes = batch["box"][:n] if "box" in batch else None
     was_training = module.training
     module.eval()

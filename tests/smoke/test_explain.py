@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +11,8 @@ import torch
 from PIL import Image
 
 from icasc.tasks import explain
-from icasc.tasks.train import run as train
-from tests.conftest import ROOT, compose_config, compose_train
+from tests.conftest import compose_config
+from tests.helpers import run_train_py, train_tiny
 
 pytestmark = pytest.mark.slow
 FAST = [
@@ -31,9 +28,7 @@ METHODS = ["gradcam", "guided_gradcam", "groupcam", "smoothgrad"]
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("trained")
-    train(compose_train(["figure.enabled=false"], out))
-    return out
+    return train_tiny(tmp_path_factory.mktemp("trained"))
 
 
 def test_explain_checkpoint_on_validation_images(trained, tmp_path):
@@ -92,23 +87,13 @@ def test_explain_bad_input(trained, tmp_path):
 
 def test_explain_command_line(trained, tmp_path):
     ckpt = next((trained / "checkpoints").glob("epoch_*.ckpt"))
-    cmd = [
-        sys.executable,
-        "train.py",
+    proc = run_train_py(
         "-cn",
         "explain",
         f"ckpt_path={ckpt}",
         "methods=[gradcam,groupcam]",
         *FAST,
         f"hydra.run.dir={tmp_path}",
-    ]
-    proc = subprocess.run(
-        cmd,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "HYDRA_FULL_ERROR": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert '"groupcam"' in proc.stdout and (tmp_path / "metrics.json").exists()

@@ -9,31 +9,21 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from PIL import Image
+from torchvision.transforms.v2 import functional as TF
 
 from icasc.data import ImageNetDataModule
-from icasc.data.imagenet import eval_transform
+from icasc.data.imagenet import eval_transform, ten_crop_transform
 from icasc.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 from tests.conftest import compose_train
+from tests.fakedata import class_colour, fake_wnids, write_fake_imagenet
 
-WNIDS = ["n01440764", "n01443537", "n01484850"]
-COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
-
-
-def write_fake_imagenet(root: Path, train_per_class: int = 4, val_per_class: int = 2) -> Path:
-    """``root/{train,val}/<wnid>/*.JPEG``: 3 classes of 32x32 (and one 40x32) single-colour JPEGs."""
-    for split, n in (("train", train_per_class), ("val", val_per_class)):
-        for wnid, colour in zip(WNIDS, COLOURS):
-            folder = root / split / wnid
-            folder.mkdir(parents=True)
-            for i in range(n):
-                size = (40, 32) if i == 0 else (32, 32)
-                Image.new("RGB", size, colour).save(folder / f"{wnid}_{i}.JPEG", quality=95)
-    return root
+WNIDS = fake_wnids(3)
 
 
 @pytest.fixture
 def fake_root(tmp_path: Path) -> Path:
-    return write_fake_imagenet(tmp_path / "imagenet")
+    # 3 classes, 4 training and 2 validation images each; the first image of a class is 40 x 32
+    return write_fake_imagenet(tmp_path / "imagenet", num_classes=3, per_class=4, val_per_class=2, size=32)
 
 
 def _module(root: Path, **kwargs: object) -> ImageNetDataModule:
@@ -67,7 +57,9 @@ def test_labels_follow_the_sorted_class_folders(fake_root):
         label = int(sample["target"])
         # single-colour images: the normalised pixels give the class's colour back (JPEG: within a few levels)
         rgb = (sample["image"] * std + mean).mean(dim=(1, 2)) * 255
-        torch.testing.assert_close(rgb, torch.tensor(COLOURS[label], dtype=torch.float32), atol=6.0, rtol=0)
+        torch.testing.assert_close(
+            rgb, torch.tensor(class_colour(label), dtype=torch.float32), atol=6.0, rtol=0
+        )
 
 
 def test_eval_transform_resizes_the_shorter_side_then_centre_crops():
@@ -128,6 +120,40 @@ def test_bad_arguments(fake_root):
 def test_config_composes_and_instantiates(fake_root):
     cfg = compose_train(["data=imagenet", f"data.root={fake_root}", "data.num_classes=3"], tiny=False)
     assert cfg.data.image_size == 224 and cfg.data.resize == 256 and cfg.data.batch_size == 256
+    assert cfg.data.ten_crop is False
     assert cfg.model.num_classes == 3
     dm = instantiate(cfg.data)
     assert isinstance(dm, ImageNetDataModule) and dm.num_classes == 3
+
+
+def test_ten_crop_transform_is_the_four_corners_and_centre_of_the_image_and_its_mirror():
+    # a gradient image, so that every crop differs; reference: torchvision's functional resize + ten_crop
+    # (56 x 48 resizes to 32 x 28: even margins, so mirrored centre crops line up exactly)
+    pixels = torch.arange(48 * 56 * 3, dtype=torch.float32).reshape(48, 56, 3) % 251
+    image = Image.fromarray(pixels.to(torch.uint8).numpy())
+    out = ten_crop_transform(24, 28, mean=(0, 0, 0), std=(1, 1, 1))(image)
+    assert out.shape == (10, 3, 24, 24) and out.dtype == torch.float32
+    resized = TF.resize(TF.pil_to_tensor(image), [28], antialias=True)
+    expected = torch.stack(TF.ten_crop(resized, [24, 24])).float() / 255
+    torch.testing.assert_close(out, expected)
+    # the mirror's top-left crop is the original's top-right crop mirrored; its centre crop, the centre's
+    torch.testing.assert_close(out[5], out[1].flip(-1))
+    torch.testing.assert_close(out[9], out[4].flip(-1))
+    assert not torch.equal(out[0], out[1])
+
+
+def test_ten_crop_batches_are_b_10_3_h_w_for_val_and_test_only(fake_root):
+    dm = _module(fake_root, ten_crop=True)
+    dm.setup("fit")
+    assert dm.ten_crop is True
+    train = next(iter(dm.train_dataloader()))
+    assert train["image"].shape == (4, 3, 24, 24)
+    for loader in (dm.val_dataloader(), dm.test_dataloader()):
+        batch = next(iter(loader))
+        assert batch["image"].shape == (4, 10, 3, 24, 24) and batch["target"].shape == (4,)
+    # crop 4 is the centre crop: the same image as without ten-crop
+    plain = _module(fake_root)
+    plain.setup("validate")
+    torch.testing.assert_close(dm.val_dataset[1]["image"][4], plain.val_dataset[1]["image"])
+    with pytest.raises(ValueError, match="ten_crop must be true or false"):
+        _module(fake_root, ten_crop="yes")

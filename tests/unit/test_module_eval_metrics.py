@@ -1,0 +1,167 @@
+"""ICASCModule evaluation metrics: KS (single-label), AUC and per-class AP (multi-label), ten-crop scoring."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from icasc.losses import ICASCLoss
+from icasc.metrics.ks import class_probabilities, ks_statistic
+from icasc.models import ICASCModule
+from icasc.models.module import crop_average_logits
+from tests.helpers import FixedData
+
+CLASSES = 4
+
+
+class MultiHotData(Dataset):
+    """Seeded random 32×32 images with multi-hot targets; every class has positives and negatives."""
+
+    def __init__(self, n: int = 12) -> None:
+        g = torch.Generator().manual_seed(1)
+        self.images = torch.randn(n, 3, 32, 32, generator=g)
+        self.targets = (torch.rand(n, CLASSES, generator=g) < 0.4).float()
+        self.targets[torch.arange(CLASSES), torch.arange(CLASSES)] = 1.0
+        self.targets[torch.arange(CLASSES) + CLASSES, torch.arange(CLASSES)] = 0.0
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"image": self.images[i], "target": self.targets[i]}
+
+
+def _module(multilabel: bool = False, **kwargs) -> ICASCModule:
+    torch.manual_seed(0)
+    return ICASCModule(
+        {"name": "tiny_cnn", "width": 8}, CLASSES, loss=ICASCLoss(multilabel=multilabel), **kwargs
+    ).eval()
+
+
+def _trainer() -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        inference_mode=False,
+    )
+
+
+def _reference_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mann–Whitney: P(score of a positive > score of a negative), ties counting half."""
+    pos, neg = scores[labels > 0.5], scores[labels < 0.5]
+    diff = pos[:, None] - neg[None, :]
+    return float(((diff > 0).float() + 0.5 * (diff == 0).float()).mean())
+
+
+def _reference_ap(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean over the positives of the precision at each positive's rank (no ties in these scores)."""
+    order = scores.argsort(descending=True)
+    hits = labels[order] > 0.5
+    precision = hits.float().cumsum(0) / torch.arange(1, len(hits) + 1)
+    return float(precision[hits].mean())
+
+
+def test_multilabel_auc_and_per_class_ap_are_logged_and_available():
+    data = MultiHotData()
+    module = _module(multilabel=True)
+    with torch.no_grad():
+        scores = module(data.images).sigmoid()
+    expected_ap = [_reference_ap(scores[:, c], data.targets[:, c]) for c in range(CLASSES)]
+    expected_auc = [_reference_auc(scores[:, c], data.targets[:, c]) for c in range(CLASSES)]
+
+    results = _trainer().test(module, DataLoader(data, batch_size=5), verbose=False)[0]
+    assert results["test/map"] == pytest.approx(sum(expected_ap) / CLASSES, abs=1e-6)
+    assert results["test/auc"] == pytest.approx(sum(expected_auc) / CLASSES, abs=1e-6)
+    assert "test/ks" not in results and not any("class_ap" in k for k in results)
+
+    # The same batches through score_batch: per-class AP from compute_metrics.
+    module.reset_metrics("test")
+    for start in range(0, len(data), 5):
+        module.score_batch(
+            {"image": data.images[start : start + 5], "target": data.targets[start : start + 5]}
+        )
+    metrics = module.compute_metrics("test")
+    assert metrics["class_ap"] == pytest.approx(expected_ap, abs=1e-6)
+    assert metrics["map"] == pytest.approx(results["test/map"], abs=1e-6)
+    assert metrics["auc"] == pytest.approx(results["test/auc"], abs=1e-6)
+
+
+def test_single_label_ks_is_logged_with_its_threshold():
+    data = FixedData(n=10, classes=CLASSES)
+    module = _module()
+    with torch.no_grad():
+        probs = module(data.images).softmax(dim=1)
+    statistic, threshold = ks_statistic(*class_probabilities(probs, data.targets))
+    results = _trainer().test(module, DataLoader(data, batch_size=4), verbose=False)[0]
+    assert results["test/ks"] == pytest.approx(float(statistic), abs=1e-6)
+    assert results["test/ks_threshold"] == pytest.approx(float(threshold), abs=1e-6)
+    for name in ("top1", "top5", "loss", "classification", "attention_overlap"):
+        assert f"test/{name}" in results, name
+    assert "test/pointing_game" not in results  # no boxes in this data
+    # the epoch end resets the KS state: a second test run gives the same value, not a union
+    again = _trainer().test(module, DataLoader(data, batch_size=4), verbose=False)[0]
+    assert again["test/ks"] == pytest.approx(results["test/ks"])
+
+
+def test_crop_average_logits_give_the_mean_probabilities_even_when_saturated():
+    logits = torch.tensor([[[1000.0, 0.0, -5.0], [0.0, 2.0, 1.0]], [[3.0, 3.0, 3.0], [-1000.0, 0.0, 50.0]]])
+    averaged = crop_average_logits(logits)
+    assert torch.isfinite(averaged).all()
+    torch.testing.assert_close(averaged.softmax(dim=1), logits.softmax(dim=2).mean(dim=1))
+    multi = crop_average_logits(logits, multilabel=True)
+    assert torch.isfinite(multi).all()
+    torch.testing.assert_close(multi.sigmoid(), logits.sigmoid().mean(dim=1))
+    with pytest.raises(ValueError, match="n_crops"):
+        crop_average_logits(logits[0])
+
+
+def test_ten_crop_batch_is_scored_on_the_mean_of_the_per_crop_softmax():
+    module = _module()
+    g = torch.Generator().manual_seed(3)
+    crops = torch.randn(3, 10, 3, 32, 32, generator=g)
+    targets = torch.tensor([0, 2, 3])
+    with torch.no_grad():
+        per_crop = torch.stack([module(crops[:, i]) for i in range(10)], dim=1).softmax(dim=2)
+    mean = per_crop.mean(dim=1)
+
+    scored = module.score_batch({"image": crops, "target": targets})
+    torch.testing.assert_close(scored["probs"], mean)
+    nll = -mean[torch.arange(3), targets].log().mean()
+    torch.testing.assert_close(scored["loss"], nll)
+    assert set(scored["terms"]) == {"classification"}  # no attention terms without maps
+    metrics = module.compute_metrics("test")
+    top1 = float((mean.argmax(dim=1) == targets).float().mean())
+    assert metrics["top1"] == pytest.approx(top1)
+    assert metrics["ks"] == pytest.approx(float(ks_statistic(*class_probabilities(mean, targets))[0]))
+    assert "attention_overlap" not in metrics and "pointing_game" not in metrics
+    # prediction on ten-crop batches is the same average
+    torch.testing.assert_close(module.predict_step({"image": crops}, 0).softmax(dim=1), mean)
+
+
+def test_ten_crop_multilabel_averages_sigmoid_probabilities():
+    module = _module(multilabel=True)
+    crops = torch.randn(2, 10, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    targets = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    with torch.no_grad():
+        mean = torch.stack([module(crops[:, i]) for i in range(10)], dim=1).sigmoid().mean(dim=1)
+    scored = module.score_batch({"image": crops, "target": targets})
+    torch.testing.assert_close(scored["probs"], mean)
+    bce = torch.nn.functional.binary_cross_entropy(mean, targets)
+    torch.testing.assert_close(scored["loss"], bce)
+
+
+def test_evaluation_without_attention_maps_uses_the_classification_loss():
+    module = _module(val_attention=False)  # ICASC loss on, no maps in evaluation
+    data = FixedData(n=4, classes=CLASSES)
+    scored = module.score_batch({"image": data.images, "target": data.targets}, "val")
+    assert set(scored["terms"]) == {"classification"}
+    assert "attention_overlap" not in module.compute_metrics("val")
+    with pytest.raises(ValueError, match=r"\[B, n_crops, 3, H, W\]"):
+        module.score_batch({"image": data.images[0], "target": data.targets[:1]})
+    with pytest.raises(ValueError, match="stage"):
+        module.score_batch({"image": data.images, "target": data.targets}, "train")
