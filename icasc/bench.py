@@ -3,6 +3,7 @@
     python -m icasc.bench step --backbone resnet18 --image-size 112 --batch-size 16
     python -m icasc.bench saliency --backbone resnet18 --image-size 224 --batch-size 8
     python -m icasc.bench augment --backbone resnet18 --image-size 112 --batch-size 16
+    python -m icasc.bench param-saliency --backbone resnet18 --image-size 64 --batch-size 32
 
 Two sides run interleaved in one process (alternating which goes first), after a warm-up; the report
 gives medians. Never used as a timed test.
@@ -158,6 +159,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     aug.add_argument(
         "--memory-budget-mb", type=float, default=None, help="scoring chunk budget (default: per device)"
     )
+    psal = _add_common(
+        sub.add_parser(
+            "param-saliency", help="parameter saliency profiles: one batched pass vs a batch-size-1 loop"
+        ),
+        image_size=64,
+        batch_size=32,
+        num_classes=100,
+        repeats=3,
+        warmup=1,
+    )
+    psal.add_argument("--granularity", default="filter", choices=["filter", "unit"])
+    psal.add_argument(
+        "--memory-mb", type=float, default=None, help="per-layer chunk budget of the batched path"
+    )
+    psal.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     args = parser.parse_args(argv)
     common = {
         "backbone": args.backbone,
@@ -182,6 +198,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
             **common,
             methods=[m.strip() for m in args.methods.split(",") if m.strip()],
             smoothgrad_samples=args.smoothgrad_samples,
+            dtype=getattr(torch, args.dtype),
+        )
+    elif args.what == "param-saliency":
+        # Imported here: icasc.saliency.parameter.benchmark imports interleaved_medians from this module.
+        from icasc.saliency.parameter.benchmark import param_saliency_benchmark
+
+        report = param_saliency_benchmark(
+            **common,
+            granularity=args.granularity,
+            memory_mb=args.memory_mb,
             dtype=getattr(torch, args.dtype),
         )
     else:

@@ -7,6 +7,7 @@ from icasc.saliency.guided_backprop import Deconvolution, GuidedBackprop
 from icasc.saliency.guided_gradcam import GuidedGradCAM
 from icasc.saliency.integrated_gradients import IntegratedGradients
 from icasc.saliency.occlusion import Occlusion
+from icasc.saliency.parameter import ParameterSaliency, SaliencyStats
 from icasc.saliency.registry import METHODS, build_method
 from icasc.saliency.smoothgrad import SmoothGrad
 from icasc.saliency.vanilla import VanillaGradient
@@ -22,6 +23,8 @@ __all__ = [
     "GuidedGradCAM",
     "IntegratedGradients",
     "Occlusion",
+    "ParameterSaliency",
+    "SaliencyStats",
     "SmoothGrad",
     "VanillaGradient",
     "build_method",

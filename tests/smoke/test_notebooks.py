@@ -40,3 +40,7 @@ def test_notebook_executes(path, kernel_name, tmp_path):
 
 def test_quickstart_notebook_exists():
     assert any(p.name == "01_quickstart.ipynb" for p in NOTEBOOKS)
+
+
+def test_parameter_saliency_notebook_exists():
+    assert any(p.name == "03_parameter_saliency.ipynb" for p in NOTEBOOKS)
