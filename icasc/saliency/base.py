@@ -14,7 +14,15 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = ["Attribution", "TargetLike", "chunk_size_for", "eval_mode", "normalize", "resolve_target"]
+__all__ = [
+    "Attribution",
+    "TargetLike",
+    "check_chunking",
+    "chunk_size_for",
+    "eval_mode",
+    "normalize",
+    "resolve_target",
+]
 
 TargetLike = int | torch.Tensor | None
 
@@ -67,6 +75,17 @@ def resolve_target(logits: torch.Tensor, target: TargetLike) -> torch.Tensor:
     if target.numel() and (int(target.min()) < 0 or int(target.max()) >= c):
         raise ValueError(f"target class out of range [0, {c}): got {target.tolist()}")
     return target
+
+
+def check_chunking(chunk_size: int | None, memory_budget_mb: float | None) -> None:
+    """Raise ``ValueError`` unless a batched method's chunking options are valid (:func:`chunk_size_for`).
+
+    ``chunk_size``: a positive int or ``None``; ``memory_budget_mb``: ``> 0`` or ``None``.
+    """
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    if memory_budget_mb is not None and memory_budget_mb <= 0:
+        raise ValueError(f"memory_budget_mb must be > 0, got {memory_budget_mb}")
 
 
 def chunk_size_for(

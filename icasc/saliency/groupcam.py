@@ -17,6 +17,7 @@ from icasc.losses.functional import resize_map
 from icasc.saliency.base import (
     Attribution,
     TargetLike,
+    check_chunking,
     check_images,
     chunk_size_for,
     eval_mode,
@@ -165,10 +166,7 @@ class GroupCAM(Attribution):
             raise ValueError(f"blur_sigma must be > 0, got {blur_sigma}")
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-            raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-        if memory_budget_mb is not None and memory_budget_mb <= 0:
-            raise ValueError(f"memory_budget_mb must be > 0, got {memory_budget_mb}")
+        check_chunking(chunk_size, memory_budget_mb)
         self.layer = layer
         self.groups = groups
         self.theta = theta

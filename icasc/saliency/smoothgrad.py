@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from icasc.saliency._input_gradients import ChannelAttribution, class_scores, reduce_channels
-from icasc.saliency.base import Attribution, TargetLike, chunk_size_for
+from icasc.saliency.base import Attribution, TargetLike, check_chunking, chunk_size_for
 
 __all__ = ["SmoothGrad"]
 
@@ -71,10 +71,7 @@ class SmoothGrad(Attribution):
             raise ValueError(f"level must be >= 0, got {level!r}")
         if not isinstance(n_samples, int) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
-        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-            raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-        if memory_budget_mb is not None and memory_budget_mb <= 0:
-            raise ValueError(f"memory_budget_mb must be > 0, got {memory_budget_mb}")
+        check_chunking(chunk_size, memory_budget_mb)
         if cap_percentile is not None and not 0 < cap_percentile <= 100:
             raise ValueError(f"cap_percentile must be in (0, 100] or None, got {cap_percentile!r}")
         self.raw = isinstance(method, ChannelAttribution)

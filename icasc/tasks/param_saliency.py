@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from icasc.models.export import CARD_FILE, config_hash, export_backbone
 from icasc.models.loading import load_classifier
-from icasc.saliency.base import normalize
+from icasc.saliency.base import eval_mode, normalize
 from icasc.saliency.parameter import (
     L1ParameterSaliency,
     ParameterSaliency,
@@ -307,12 +307,13 @@ def _tuning(a: _Analysis) -> dict:
 
 @torch.no_grad()
 def _hits(model: nn.Module, loader: Any, max_batches: int | None) -> torch.Tensor:
-    """``[N]`` bool per validation image: classified correctly by ``model`` (eval mode)."""
+    """``[N]`` bool per validation image: classified correctly by ``model`` (eval mode, modes restored)."""
     hits = []
-    for i, batch in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
-        hits.append(model.eval()(batch["image"]).argmax(dim=1) == batch["target"])
+    with eval_mode(model):
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            hits.append(model(batch["image"]).argmax(dim=1) == batch["target"])
     return torch.cat(hits)
 
 
