@@ -12,6 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 import icasc.tasks  # noqa: F401  (registers the configs' resolvers)
+from tests import fakedata
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -58,3 +59,16 @@ def train_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
         return compose_train(overrides, tmp_path, tiny)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def fake_roots(tmp_path_factory):
+    """Write each fake dataset once, on first use."""
+    cache: dict[str, tuple[Path, list[str]]] = {}
+
+    def get(dataset: str) -> tuple[Path, list[str]]:
+        if dataset not in cache:
+            cache[dataset] = fakedata.FAKE_DATASETS[dataset](tmp_path_factory.mktemp(dataset))
+        return cache[dataset]
+
+    return get

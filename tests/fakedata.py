@@ -18,6 +18,8 @@ from PIL import Image
 
 __all__ = [
     "CUB_BOX",
+    "FAKE_DATASETS",
+    "SHRINK",
     "VOC_CLASSES",
     "class_colour",
     "fake_wnids",
@@ -277,3 +279,46 @@ def write_fake_voc2012(root: Path, num_train: int = 4, num_val: int = 4, size: i
         "".join(f"{n}\n" for n in ids["train"] + ids["val"])
     )
     return Path(root)
+
+
+# ------------------------------------------------------ data.root and overrides for each paper dataset
+# Each returns the root to pass as data.root and the overrides that fit the fake copy.
+
+
+def _fake_cifar100(root: Path) -> tuple[Path, list[str]]:
+    return write_fake_cifar100(root), []
+
+
+def _fake_caltech256(root: Path) -> tuple[Path, list[str]]:
+    # 3 object classes + clutter, 3 images each: 2 to train, 1 to test
+    path = write_fake_caltech256(root, num_classes=4, images_per_class=3, size=36)
+    return path, ["data.num_classes=3", "data.train_per_class=2", "data.test_per_class=1"]
+
+
+def _fake_imagenet(root: Path) -> tuple[Path, list[str]]:
+    return write_fake_imagenet(root, num_classes=3, per_class=2, size=36), ["data.num_classes=3"]
+
+
+def _fake_cub200(root: Path) -> tuple[Path, list[str]]:
+    return write_fake_cub200(root, num_classes=3, per_class=3, size=40), ["data.num_classes=3"]
+
+
+def _fake_voc2012(root: Path) -> tuple[Path, list[str]]:
+    return write_fake_voc2012(root, num_train=4, num_val=4, size=40), []
+
+
+FAKE_DATASETS = {
+    "cifar100": _fake_cifar100,
+    "caltech256": _fake_caltech256,
+    "imagenet": _fake_imagenet,
+    "cub200": _fake_cub200,
+    "voc2012": _fake_voc2012,
+}
+# overrides that shrink each dataset's images for speed (backbone, loss, attention and schedule stay as set)
+SHRINK = {
+    "cifar100": [],  # 32 px already
+    "caltech256": ["data.image_size=64", "data.resize=72"],
+    "imagenet": ["data.image_size=64", "data.resize=72"],
+    "cub200": ["data.image_size=64", "data.resize=72"],
+    "voc2012": ["data.image_size=64", "data.resize=64"],
+}

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import torch
+from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import Dataset
 
 
@@ -24,6 +25,49 @@ class FixedData(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {"image": self.images[i], "target": self.targets[i]}
+
+
+class SpawnDDPStrategy(DDPStrategy):
+    """``ddp_spawn`` whose worker processes destroy their process group when the trainer is done with it.
+
+    Lightning leaves a gloo process group alive (it destroys only NCCL groups at exit); a spawned worker then
+    exits with gloo's threads still running, and their destructors can abort it at interpreter shutdown
+    (SIGABRT, "terminate called without an active exception"): the flaky DDP test of issue 10.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(start_method="spawn")
+
+    def teardown(self) -> None:
+        super().teardown()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def save_tiny_checkpoint(path: Path):
+    """Train an ICASCModule (tiny_cnn, 5 classes) for one step, save a real Lightning checkpoint at ``path``.
+
+    Returns the trained module.
+    """
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from icasc.models import ICASCModule
+
+    torch.manual_seed(0)
+    module = ICASCModule("tiny_cnn", num_classes=5, val_attention=False)
+    data = [{"image": torch.randn(3, 32, 32), "target": torch.tensor(i % 5)} for i in range(4)]
+    trainer = L.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(module, DataLoader(data, batch_size=4))
+    trainer.save_checkpoint(path)
+    return module
 
 
 def train_tiny(out: Path, *overrides: str) -> Path:

@@ -21,6 +21,7 @@ __all__ = [
     "check_label_kind",
     "check_loader_args",
     "check_root",
+    "check_root_exists",
 ]
 
 
@@ -43,12 +44,33 @@ def check_root(root: str | Path | None, message: str) -> Path:
     """``root`` as an expanded ``Path``.
 
     Raises:
-        ValueError: ``root`` is unset (``None``, ``""`` or Hydra's ``"???"``), with ``message``: the dataset's
-            own hint (where ``data.root`` should point, the expected layout).
+        ValueError: ``root`` is unset (``None``, ``""`` or Hydra's ``"???"``): ``"data.root is not set: "``
+            and ``message``, the dataset's own hint (where ``data.root`` should point, the expected layout,
+            ``data.download=true`` where the dataset can be downloaded).
     """
     if root is None or str(root) in ("", "???"):
-        raise ValueError(message)
+        raise ValueError(f"data.root is not set: {message}")
     return Path(root).expanduser()
+
+
+def check_root_exists(root: Path, dataset: str, fix: str) -> None:
+    """Tell a missing dataset from an incomplete one: raise unless the folder ``root`` exists.
+
+    Call it before listing the files missing under ``root``, so that a wrong or not yet created
+    ``data.root`` is reported as missing, not as an incomplete dataset.
+
+    Args:
+        root: The configured ``data.root`` (expanded).
+        dataset: The dataset's name, for the message (e.g. ``"CUB-200-2011"``).
+        fix: What to do, e.g. ``"set data.root to ... or set data.download=true"``.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist, or is a file.
+    """
+    if not root.exists():
+        raise FileNotFoundError(f"{dataset} is missing: data.root={root} does not exist. {fix}")
+    if not root.is_dir():
+        raise FileNotFoundError(f"{dataset}: data.root={root} is a file, not a directory. {fix}")
 
 
 def check_loader_args(batch_size: Any, num_workers: Any) -> None:
@@ -82,8 +104,9 @@ def check_label_kind(dataset: str, multilabel: Any, expected: bool) -> None:
 class DictDataModule(L.LightningDataModule):
     """Base of the datamodules: ``train/val/test_dataset`` built in ``setup``, loaders over them.
 
-    Subclasses call ``save_hyperparameters()`` with ``batch_size``, ``num_workers`` and ``pin_memory`` among
-    their arguments and fill the three dataset attributes in ``setup``.
+    Subclasses call ``save_hyperparameters(logger=False)`` with ``batch_size``, ``num_workers`` and
+    ``pin_memory`` among their arguments (``logger=False``: loggers record the run's config, and a data
+    module's own ``seed`` must not overwrite the run's) and fill the three dataset attributes in ``setup``.
 
     ``batch_size`` is the **global** batch, the one a paper reports (ICASC Table 1): under DDP each of the
     ``trainer.world_size`` processes (devices x nodes) loads ``batch_size // world_size`` samples per step, so

@@ -33,6 +33,7 @@ from icasc.data.base import (
     check_label_kind,
     check_loader_args,
     check_root,
+    check_root_exists,
 )
 from icasc.data.files import ImageFileDataset
 from icasc.data.transforms import eval_transform, train_transform
@@ -94,7 +95,11 @@ class Caltech256DataModule(ImageNetNormalizedDataModule):
         multilabel: bool = False,
     ) -> None:
         super().__init__()
-        self.root = check_root(root, f"set data.root to the Caltech-256 directory: expected {_LAYOUT}")
+        self.root = check_root(
+            root,
+            f"set data.root to the Caltech-256 directory: expected {_LAYOUT} "
+            "(with data.download=true, torchvision fetches it there)",
+        )
         check_loader_args(batch_size, num_workers)
         check_int("train_per_class", train_per_class, 1)
         check_int("test_per_class", test_per_class, 1)
@@ -102,7 +107,7 @@ class Caltech256DataModule(ImageNetNormalizedDataModule):
         check_crop_sizes(image_size, resize)
         check_int("num_classes", num_classes, 2, optional=True)
         check_label_kind("Caltech-256", multilabel, self.MULTILABEL)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)
         self._index: tuple[list[str], list[list[Path]]] | None = None
         self._splits: dict[str, tuple[list[Path], list[int]]] | None = None
 
@@ -126,6 +131,12 @@ class Caltech256DataModule(ImageNetNormalizedDataModule):
         Raises:
             FileNotFoundError: It is not under ``root``.
         """
+        check_root_exists(
+            self.root,
+            "Caltech-256",
+            f"Set data.root to the Caltech-256 directory ({_LAYOUT}), or set data.download=true to fetch it "
+            "there via torchvision",
+        )
         folder = self._find_folder()
         if folder is None:
             raise FileNotFoundError(

@@ -35,6 +35,7 @@ from icasc.data.base import (
     check_label_kind,
     check_loader_args,
     check_root,
+    check_root_exists,
 )
 
 __all__ = ["CIFAR100DataModule", "CIFARTensorDataset"]
@@ -138,7 +139,7 @@ class CIFAR100DataModule(DictDataModule):
         check_int("num_classes", num_classes, 2, optional=True)
         check_choice("normalization", normalization, ("pixel_mean", "channel"))
         check_label_kind("CIFAR-100", multilabel, False)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)
         self._raw: dict[str, tuple[Tensor, Tensor]] = {}
         self._classes: list[str] | None = None
         self._stats: tuple[Tensor, Tensor] | None = None
@@ -154,6 +155,11 @@ class CIFAR100DataModule(DictDataModule):
         if split in self._raw:
             return self._raw[split]
         folder = self.root / _FOLDER
+        check_root_exists(
+            self.root,
+            "CIFAR-100",
+            f"Set data.root to the directory holding {_FOLDER}/, or set data.download=true to fetch it there",
+        )
         missing = [name for name in _FILES if not (folder / name).is_file()]
         if missing:
             raise FileNotFoundError(

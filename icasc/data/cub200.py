@@ -35,6 +35,7 @@ from icasc.data.base import (
     check_label_kind,
     check_loader_args,
     check_root,
+    check_root_exists,
 )
 from icasc.data.files import ImageFileDataset
 from icasc.data.transforms import box_transform
@@ -69,10 +70,17 @@ def read_cub_metadata(root: str | Path) -> dict[str, object]:
         float32 [N, 4] xyxy, "classes": [str]}`` in image-id order.
 
     Raises:
-        FileNotFoundError: A text file is missing (the message lists them and where to download).
+        FileNotFoundError: ``root`` does not exist ("missing"), or a text file or ``images/`` is missing
+            under it ("incomplete"; the message lists them and where to download).
         ValueError: A malformed line, or files that disagree on the image ids.
     """
     root = Path(root)
+    check_root_exists(
+        root,
+        "CUB-200-2011",
+        f"torchvision cannot download CUB: get CUB_200_2011.tgz from {URL}, unpack it and set data.root to "
+        "CUB_200_2011/ (or the directory holding it)",
+    )
     missing = [name for name in (*_FILES, "images") if not (root / name).exists()]
     if missing:
         raise FileNotFoundError(
@@ -163,7 +171,7 @@ class CUB200DataModule(ImageNetNormalizedDataModule):
         check_label_kind("CUB-200-2011", multilabel, self.MULTILABEL)
         # a new name: save_hyperparameters() reads the arguments from the locals (hparams.root as given)
         self.root = path / "CUB_200_2011" if (path / "CUB_200_2011" / "images.txt").exists() else path
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)
         self._meta: dict | None = None
 
     def metadata(self) -> dict:

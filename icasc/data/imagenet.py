@@ -30,6 +30,7 @@ from icasc.data.base import (
     check_label_kind,
     check_loader_args,
     check_root,
+    check_root_exists,
 )
 from icasc.data.transforms import eval_transform, ten_crop_transform, train_transform
 
@@ -127,13 +128,13 @@ class ImageNetDataModule(ImageNetNormalizedDataModule):
         if not isinstance(ten_crop, bool):
             raise ValueError(f"ten_crop must be true or false, got {ten_crop!r}")
         check_label_kind("ImageNet", multilabel, self.MULTILABEL)
-        if not self.root.is_dir():
-            raise FileNotFoundError(
-                f"ImageNet root {self.root} is not a directory: expected {_LAYOUT}. torchvision cannot "
-                "download ImageNet; get ILSVRC2012 from image-net.org, sort the validation images into "
-                "class folders, and set data.root"
-            )
-        self.save_hyperparameters()
+        check_root_exists(
+            self.root,
+            "ImageNet",
+            f"Expected {_LAYOUT}. torchvision cannot download ImageNet; get ILSVRC2012 from image-net.org, "
+            "sort the validation images into class folders, and set data.root",
+        )
+        self.save_hyperparameters(logger=False)
         self.expected_classes = num_classes
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None

@@ -314,7 +314,7 @@ class SyntheticDataModule(DictDataModule):
             _check_int(name, value, 1)
         _check_int("batch_size", batch_size, 1)
         _check_int("num_workers", num_workers, 0)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)
         self.train_dataset: Dataset | None = None
         self.val_dataset: SyntheticShapes | None = None
         self.test_dataset: SyntheticShapes | None = None

@@ -43,6 +43,7 @@ from icasc.data.base import (
     check_label_kind,
     check_loader_args,
     check_root,
+    check_root_exists,
 )
 from icasc.data.transforms import box_transform, load_rgb, transform_boxes
 
@@ -190,7 +191,11 @@ class VOC2012DataModule(ImageNetNormalizedDataModule):
     ) -> None:
         super().__init__()
         # a new name: save_hyperparameters() reads the arguments from this frame and keeps data.root as given
-        path = check_root(root, f"set data.root to the directory holding VOCdevkit/: expected {_LAYOUT}")
+        path = check_root(
+            root,
+            f"set data.root to the directory holding VOCdevkit/: expected {_LAYOUT} "
+            "(with data.download=true, torchvision fetches it there)",
+        )
         check_loader_args(batch_size, num_workers)
         check_crop_sizes(image_size, resize)
         check_int("max_boxes", max_boxes, 1)
@@ -202,7 +207,7 @@ class VOC2012DataModule(ImageNetNormalizedDataModule):
         if not isinstance(include_difficult, bool):
             raise ValueError(f"include_difficult must be true or false, got {include_difficult!r}")
         self.root = _torchvision_root(path)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)
 
     def prepare_data(self) -> None:
         """Download and unpack the trainval archive via torchvision when ``download=True``."""
@@ -212,6 +217,12 @@ class VOC2012DataModule(ImageNetNormalizedDataModule):
     def _dataset(self, image_set: str, train: bool) -> VOCMultiLabelDataset:
         hp = self.hparams
         voc = self.root / _BASE
+        check_root_exists(
+            self.root,
+            "PASCAL VOC 2012",
+            "Set data.root to the directory holding VOCdevkit/, or set data.download=true to fetch it there "
+            "via torchvision",
+        )
         if not voc.is_dir():
             raise FileNotFoundError(
                 f"no VOCdevkit/VOC2012 under {self.root}: expected {_LAYOUT}. Set data.download=true to "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,8 @@ MASK_RESIZE = ("mask", "map")
 class ICASCLoss:
     """Classification loss plus the attention separation and consistency losses.
 
-    A plain callable (no parameters or buffers), so Lightning saves it with the hyper-parameters.
+    A plain callable (no parameters or buffers). Checkpoints record it as :meth:`config`, plain values that
+    ``ICASCLoss(**config)`` turns back into the same loss.
 
     A weight of 0 switches a term off (it is then not computed): all three at 0 is the baseline, and the
     rows of the paper's ablation (Table 3) are ``{separation_last: 0, consistency: 0}`` and
@@ -75,6 +77,21 @@ class ICASCLoss:
         self.detach_mask = detach_mask
         self.mask_resize = mask_resize
         self.mask_relative = mask_relative
+
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments as plain values: ``ICASCLoss(**loss.config())`` is the same loss."""
+        return {
+            "weights": dict(self.weights),
+            "sigma": self.sigma,
+            "omega": self.omega,
+            "theta": self.theta,
+            "multilabel": self.multilabel,
+            "normalize": self.normalize,
+            "detach_mask": self.detach_mask,
+            "mask_resize": self.mask_resize,
+            "mask_relative": self.mask_relative,
+            "eps": self.eps,
+        }
 
     @property
     def attention_enabled(self) -> bool:

@@ -3,6 +3,10 @@
 A faithful explanation ranks pixels as an occlusion map does (occlusion measures how much the class score
 changes when a patch is masked out). The score is Spearman's rank correlation, per image, between a method's
 map and the occlusion map of the same image and class.
+
+The occlusion map is the paper's (Grad-CAM appendix C.1): at each location, the score drop of the window
+centred there, i.e. :class:`~icasc.saliency.Occlusion` with its default ``aggregate="centre"``, not the
+box-blurred ``aggregate="mean"``. :func:`occlusion_faithfulness` builds it that way.
 """
 
 from __future__ import annotations
@@ -10,9 +14,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 from torchmetrics import Metric
 
-__all__ = ["Faithfulness", "faithfulness", "rankdata", "spearman"]
+from icasc.losses.functional import resize_map
+from icasc.saliency.base import TargetLike
+from icasc.saliency.occlusion import Occlusion
+
+__all__ = ["Faithfulness", "faithfulness", "occlusion_faithfulness", "rankdata", "spearman"]
 
 
 def rankdata(x: torch.Tensor) -> torch.Tensor:
@@ -80,7 +89,8 @@ def faithfulness(maps: torch.Tensor, occlusion_maps: torch.Tensor) -> torch.Tens
 
     Args:
         maps: ``[B, H, W]`` maps of the method under test.
-        occlusion_maps: ``[B, H, W]`` occlusion maps for the same images and classes, at the same resolution.
+        occlusion_maps: ``[B, H, W]`` occlusion maps for the same images and classes, at the same resolution:
+            the paper's map, ``Occlusion(model).attribute(images, classes)`` (``aggregate="centre"``).
 
     Returns:
         ``[B]`` Spearman correlations (NaN where either map is constant).
@@ -93,6 +103,47 @@ def faithfulness(maps: torch.Tensor, occlusion_maps: torch.Tensor) -> torch.Tens
             "resize one of them first (icasc.losses.functional.resize_map)"
         )
     return spearman(maps, occlusion_maps)
+
+
+def occlusion_faithfulness(
+    model: nn.Module,
+    maps: torch.Tensor,
+    images: torch.Tensor,
+    target: TargetLike = None,
+    window: int = 35,
+    stride: int | None = None,
+    fill: float | torch.Tensor = 0.0,
+    score: str = "probability",
+    chunk_size: int = 64,
+) -> torch.Tensor:
+    """Rank correlation of ``maps`` with the paper's occlusion maps of the same images (Grad-CAM §5.3).
+
+    The reference is :class:`~icasc.saliency.Occlusion` with ``aggregate="centre"`` (Grad-CAM appendix
+    C.1: at each location the score drop of the window centred there); ``stride=1`` is the paper's dense
+    map, a larger stride its nearest-neighbour upsampled sampling (see :class:`~icasc.saliency.Occlusion`).
+
+    Args:
+        model: The classifier the maps explain.
+        maps: ``[B, h, w]`` maps of the method under test; resized bilinearly to the images' size if needed.
+        images: ``[B, C, H, W]`` the explained images.
+        target: The explained classes: ``None`` (predicted), an int, or a ``[B]`` tensor.
+        window: Occlusion window side in pixels (Grad-CAM C.1: 35).
+        stride: Spacing of the occlusion windows; ``None``: ``max(1, window // 5)``.
+        fill: Value of the occluded pixels.
+        score: ``"probability"`` or ``"logit"``.
+        chunk_size: Masked images per forward pass.
+
+    Returns:
+        ``[B]`` Spearman correlations (NaN where either map is constant).
+    """
+    if not isinstance(maps, torch.Tensor) or maps.dim() != 3 or maps.shape[0] != images.shape[0]:
+        raise ValueError(f"maps must be [B, h, w] with B = {images.shape[0]}, got {_shape(maps)}")
+    occlusion = Occlusion(
+        model, window, stride, fill, chunk_size=chunk_size, score=score, aggregate="centre"
+    ).attribute(images, target)
+    if maps.shape[-2:] != occlusion.shape[-2:]:
+        maps = resize_map(maps.detach().float(), tuple(occlusion.shape[-2:]))
+    return faithfulness(maps, occlusion)
 
 
 class Faithfulness(Metric):

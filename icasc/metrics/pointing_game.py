@@ -1,9 +1,16 @@
 """Pointing game (Grad-CAM §4.3; Group-CAM §4.4): is the maximum of a saliency map inside the object's box?
 
-A *hit* is counted when the most salient pixel of the map (at input resolution) lies inside, or within
-``tolerance`` pixels of, one of the annotated boxes of the cued class (Zhang et al.; both papers use a
-tolerance of 15 px). Accuracy is ``#hits / (#hits + #misses)`` per category, and the reported score is the
-mean over the categories (Group-CAM §4.4).
+A *hit* is counted when the most salient pixel of the map (at input resolution) lies inside one of the
+annotated boxes of the cued class: Group-CAM §4.4 "if the most salient pixel lies inside the annotated
+bounding boxes of an object, it is counted as a hit"; Grad-CAM §4.3 likewise checks whether the maximum
+"lies in one of the annotated instances of the cued object category". Neither paper states a distance
+tolerance, so the default :data:`POINTING_TOLERANCE` is 0 px. (The 15 px tolerance comes from the original
+protocol of Zhang et al., Grad-CAM ref. [46], which neither paper restates; pass ``tolerance=15`` for it.)
+Accuracy is ``#hits / (#hits + #misses)`` per category, and the reported score is the mean over the
+categories (Group-CAM §4.4).
+
+This is the one definition every place uses: training/validation logging (``ICASCModule``), ``-cn eval`` and
+``-cn explain``; ``None`` (``null`` in the configs) means :data:`POINTING_TOLERANCE`.
 
 Boxes are ``(x0, y0, x1, y1)`` in pixel-edge coordinates: pixel ``(row i, col j)`` covers
 ``[j, j+1) x [i, i+1)`` and is represented by its centre ``(j + 0.5, i + 0.5)``.
@@ -18,7 +25,31 @@ from torchmetrics import Metric
 
 from icasc.losses.functional import resize_map
 
-__all__ = ["PointingGame", "pointing_game_hits"]
+__all__ = ["POINTING_TOLERANCE", "PointingGame", "pointing_game_hits", "resolve_tolerance"]
+
+POINTING_TOLERANCE = 0.0
+"""Default hit tolerance in input pixels: 0, a hit is the maximum *inside* a box (Group-CAM §4.4)."""
+
+
+def resolve_tolerance(tolerance: float | None) -> float:
+    """The tolerance in pixels: ``None`` means :data:`POINTING_TOLERANCE`; negative values are refused.
+
+    Args:
+        tolerance: Pixels, or ``None`` for the default.
+
+    Returns:
+        The tolerance as a float.
+
+    Raises:
+        ValueError: A negative or non-numeric tolerance.
+    """
+    if tolerance is None:
+        return POINTING_TOLERANCE
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
+        raise ValueError(
+            f"tolerance must be >= 0 pixels or None (the default, {POINTING_TOLERANCE}), got {tolerance!r}"
+        )
+    return float(tolerance)
 
 
 def _box_set(
@@ -62,10 +93,10 @@ def pointing_game_hits(
     maps: torch.Tensor,
     boxes: torch.Tensor,
     image_size: tuple[int, int],
-    tolerance: float = 0.0,
+    tolerance: float | None = None,
     box_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Hit (True) where the map's maximum, at input resolution, lies within ``tolerance`` px of a box.
+    """Hit (True) where the map's maximum, at input resolution, lies in a box (or within ``tolerance`` px).
 
     Grad-CAM §4.3 / Group-CAM §4.4. The maximum is taken after a bilinear resize to ``image_size``; ties go
     to the first pixel in raster order.
@@ -75,7 +106,8 @@ def pointing_game_hits(
         boxes: ``[B, 4]`` boxes ``(x0, y0, x1, y1)`` in input pixels, or ``[B, K, 4]`` for several instances
             of the cued class per image (a hit in any of them counts).
         image_size: ``(H, W)`` of the input images.
-        tolerance: Distance in pixels from the box that still counts as a hit (papers: 15; 0: inside).
+        tolerance: Distance in pixels from the box that still counts as a hit; ``None``:
+            :data:`POINTING_TOLERANCE` (0, inside the box, as in Group-CAM §4.4).
         box_mask: Optional ``[B, K]`` bool marking the real boxes of padded ``[B, K, 4]`` boxes.
 
     Returns:
@@ -85,8 +117,7 @@ def pointing_game_hits(
         ValueError: Bad shapes, a negative tolerance, invalid boxes, or a sample without a valid box.
     """
     _check_maps(maps)
-    if tolerance < 0:
-        raise ValueError(f"tolerance must be >= 0 pixels, got {tolerance}")
+    tolerance = resolve_tolerance(tolerance)
     boxes, box_mask = _box_set(boxes, maps.shape[0], box_mask)
     full = resize_map(maps.detach().float(), tuple(image_size))
     width = full.shape[-1]
@@ -97,7 +128,7 @@ def pointing_game_hits(
     x0, y0, x1, y1 = boxes.unbind(dim=-1)
     dx = torch.clamp(torch.maximum(x0 - x, x - x1), min=0)
     dy = torch.clamp(torch.maximum(y0 - y, y - y1), min=0)
-    inside = (dx.square() + dy.square() <= float(tolerance) ** 2) & box_mask
+    inside = (dx.square() + dy.square() <= tolerance**2) & box_mask
     return inside.any(dim=1)
 
 
@@ -109,7 +140,7 @@ class PointingGame(Metric):
 
     Args:
         num_classes: Number of categories.
-        tolerance: Hit tolerance in input pixels (papers: 15).
+        tolerance: Hit tolerance in input pixels; ``None``: :data:`POINTING_TOLERANCE` (0, inside the box).
         average: ``"macro"`` mean of the per-category accuracies over the categories with at least one sample
             (the papers' score), ``"micro"`` overall ``#hits / #samples``, ``"none"`` the ``[num_classes]``
             per-category accuracies (NaN for unseen categories).
@@ -123,19 +154,18 @@ class PointingGame(Metric):
     def __init__(
         self,
         num_classes: int,
-        tolerance: float = 15.0,
+        tolerance: float | None = None,
         average: Literal["macro", "micro", "none"] = "macro",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        if tolerance < 0:
-            raise ValueError(f"tolerance must be >= 0 pixels, got {tolerance}")
+        tolerance = resolve_tolerance(tolerance)
         if average not in ("macro", "micro", "none"):
             raise ValueError(f"average must be 'macro', 'micro' or 'none', got {average!r}")
         self.num_classes = num_classes
-        self.tolerance = float(tolerance)
+        self.tolerance = tolerance
         self.average = average
         self.add_state("hits", torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("totals", torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")

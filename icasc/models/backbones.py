@@ -18,6 +18,7 @@ from torch import nn
 from torchvision.models import VGG, ResNet
 
 from icasc.models.cifar_resnet import CifarResNet
+from icasc.models.pretrained import PretrainedWeightsError, build_pretrained
 from icasc.models.tiny import TinyCNN
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "TORCHVISION_BACKBONES",
+    "PretrainedWeightsError",
     "build_backbone",
     "default_attention_layers",
     "input_defaults",
@@ -105,6 +107,8 @@ def build_backbone(name: str, num_classes: int, weights: str | None = None, **kw
     Raises:
         KeyError: If ``name`` is not registered (the message lists the valid names).
         ValueError: If ``num_classes < 1`` or ``weights`` is invalid for the backbone.
+        PretrainedWeightsError: ``weights`` could not be downloaded (no network) or read from
+            torch.hub's cache; the message names the file, where to copy it, and how to train without it.
     """
     _check_name(name)
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
@@ -173,7 +177,7 @@ def _make_torchvision_builder(name: str) -> BackboneBuilder:
         if weights is None:
             return tv_fn(weights=None, num_classes=num_classes, **kwargs)
         _check_torchvision_weights(name, weights)
-        model = tv_fn(weights=weights, **kwargs)
+        model = build_pretrained(tv_fn, name, weights, "model.backbone.weights=null", **kwargs)
         if num_classes != 1000:
             _replace_head(model, num_classes)
         return model

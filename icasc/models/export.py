@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from icasc.models.backbones import TORCHVISION_BACKBONES, build_backbone
+from icasc.models.files import read_safetensors
 
 __all__ = [
     "CARD_FILE",
@@ -140,20 +141,22 @@ def format_keys(keys: list[str]) -> str:
 
 
 def load_exported(
-    path: str | Path, map_location: str | torch.device = "cpu"
+    path: str | Path, map_location: str | torch.device = "cpu", option: str | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild an exported model from its card and load its weights strictly.
 
     Args:
         path: The export directory (or any file inside it, e.g. ``model_card.json``).
         map_location: Device to load the weights and model onto.
+        option: The config option that named ``path`` (e.g. ``"ckpt_path"``), for error messages.
 
     Returns:
         ``(model, card)``; the model is in eval mode.
 
     Raises:
         FileNotFoundError: If the card or the weights file is missing.
-        ValueError: If the card is not an icasc export, or the weights' keys do not match the backbone.
+        ValueError: If the card is not an icasc export, the weights file is truncated or not safetensors,
+            or the weights' keys do not match the backbone.
     """
     root = Path(path)
     if root.is_file():
@@ -177,7 +180,7 @@ def load_exported(
 
     model = build_backbone(card["backbone"], card["num_classes"], **(card.get("backbone_kwargs") or {}))
     device = str(map_location) if isinstance(map_location, torch.device) else map_location
-    state = load_file(str(weights_path), device=device)
+    state = read_safetensors(weights_path, option, device)
     expected = model.state_dict().keys()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

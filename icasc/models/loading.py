@@ -20,21 +20,62 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from torchvision.models import VGG, ResNet
 
 from icasc.models.backbones import TORCHVISION_BACKBONES, build_backbone
 from icasc.models.export import CARD_FILE, MAX_LISTED_KEYS, WEIGHTS_FILE, format_keys, load_exported
+from icasc.models.files import read_checkpoint, read_safetensors, reading_checkpoint
 from icasc.models.module import ICASCModule
+from icasc.models.pretrained import PretrainedWeightsError
 
-__all__ = ["TORCHVISION_PREFIX", "load_classifier", "load_trained", "load_weights_into"]
+__all__ = [
+    "TORCHVISION_PREFIX",
+    "load_classifier",
+    "load_module_checkpoint",
+    "load_trained",
+    "load_weights_into",
+]
 
 log = logging.getLogger(__name__)
 
 TORCHVISION_PREFIX = "torchvision:"
 _BACKBONE_PREFIX = "backbone."
 _COMPILED_PREFIX = "_orig_mod."
+
+
+def load_module_checkpoint(
+    path: str | Path, option: str | None = "ckpt_path", map_location: str | torch.device = "cpu"
+) -> ICASCModule:
+    """The :class:`~icasc.models.ICASCModule` a Lightning checkpoint holds, read once (``weights_only=True``).
+
+    The module is rebuilt from the checkpoint's hyper-parameters (plain data, see :mod:`icasc.models.hparams`)
+    with the backbone's pretrained ``weights`` left out: the checkpoint's state dict replaces them anyway, so
+    loading never downloads them again (and works offline).
+
+    Args:
+        path: The ``.ckpt`` file.
+        option: The config option that named it, for error messages.
+        map_location: Device for the weights.
+
+    Raises:
+        FileNotFoundError: Nothing at ``path``.
+        ValueError: A truncated or foreign file, or one that is not a checkpoint of ``ICASCModule``.
+    """
+    checkpoint = read_checkpoint(path, option, map_location)
+    hparams = dict(checkpoint.get("hyper_parameters") or {})
+    if "state_dict" not in checkpoint or "num_classes" not in hparams:
+        raise ValueError(
+            f"{option}={path} is not a checkpoint of icasc's ICASCModule (no state_dict or num_classes in "
+            "its hyper-parameters)"
+        )
+    if isinstance(hparams.get("backbone"), Mapping) and hparams["backbone"].get("weights"):
+        hparams["backbone"] = {**hparams["backbone"], "weights": None}
+    with reading_checkpoint(path, option):
+        module = ICASCModule(**hparams)
+        module.on_load_checkpoint(checkpoint)
+        module.load_state_dict(checkpoint["state_dict"], strict=True)
+    return module.to(map_location)
 
 
 def load_trained(
@@ -56,7 +97,8 @@ def load_trained(
 
     Raises:
         FileNotFoundError: Nothing at ``path``.
-        ValueError: A file that is neither a checkpoint nor an export.
+        ValueError: A file that is neither a checkpoint nor an export, or a truncated or damaged one (the
+            message names the path and how to fix it).
     """
     path = Path(path)
     if not path.exists():
@@ -65,10 +107,10 @@ def load_trained(
             f"ICASCModule, an export directory or its {WEIGHTS_FILE}"
         )
     if path.suffix == ".ckpt":
-        module = ICASCModule.load_from_checkpoint(path, map_location=map_location, weights_only=False)
+        module = load_module_checkpoint(path, "ckpt_path", map_location)
         return module.backbone, module, {}
     if path.is_dir() or path.name == WEIGHTS_FILE:
-        model, card = load_exported(path, map_location=map_location)
+        model, card = load_exported(path, map_location=map_location, option="ckpt_path")
         return model, None, card
     raise ValueError(
         f"{path} is neither a Lightning checkpoint (.ckpt) nor an icasc export ({WEIGHTS_FILE} with "
@@ -176,7 +218,7 @@ def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: st
 
 
 def _checkpoint_state(path: Path, map_location: str | torch.device) -> tuple[dict[str, torch.Tensor], dict]:
-    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    checkpoint = read_checkpoint(path, "init_from", map_location)
     if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
         raise ValueError(
             f"init_from={path} is not a Lightning checkpoint (no 'state_dict' entry); give an ICASCModule "
@@ -203,8 +245,7 @@ def _export_state(path: Path, map_location: str | torch.device) -> tuple[dict[st
             f"init_from={path} is a directory without {WEIGHTS_FILE}: give an export directory (written by "
             "the train or export task), its model.safetensors, a .ckpt, or torchvision:<WEIGHTS>"
         )
-    device = str(map_location) if isinstance(map_location, torch.device) else map_location
-    state = load_file(str(weights), device=device)
+    state = read_safetensors(weights, "init_from", map_location)
     card_path = weights.parent / CARD_FILE
     about: dict[str, Any] = {"backbone": None, "num_classes": None}
     if card_path.is_file():
@@ -241,7 +282,13 @@ def _torchvision_weights(model: nn.Module, weights: str, arch: str | None) -> tu
             f"({', '.join(TORCHVISION_BACKBONES)}), the configured backbone is {arch!r}"
         )
     num_classes = _classifier_head(model).out_features
-    pretrained = build_backbone(arch, num_classes=num_classes, weights=weights)
+    try:
+        pretrained = build_backbone(arch, num_classes=num_classes, weights=weights)
+    except PretrainedWeightsError as error:  # say which option to drop: init_from, not model.backbone.weights
+        without = f"init_from=null (instead of init_from={TORCHVISION_PREFIX}{weights})"
+        raise PretrainedWeightsError(
+            error.arch, error.weights, error.url, error.cache_file, error.reason, error.cached, without
+        ) from error.__cause__
     return pretrained, num_classes != 1000
 
 
@@ -275,9 +322,11 @@ def load_weights_into(
 
     Raises:
         FileNotFoundError: Nothing at a path source.
-        ValueError: An unsupported source, or weights whose keys or shapes do not fit ``backbone`` (the
-            message lists up to 10 missing keys, 10 unexpected keys and the shape mismatches, and says how
-            to fix it, e.g. the class count to set).
+        PretrainedWeightsError: ``torchvision:<WEIGHTS>`` that can be neither downloaded nor read from
+            torch.hub's cache (the message says where to copy the file, and ``init_from=null``).
+        ValueError: A truncated or damaged checkpoint or safetensors file, an unsupported source, or
+            weights whose keys or shapes do not fit ``backbone`` (the message lists up to 10 missing keys,
+            10 unexpected keys and the shape mismatches, and says how to fix it, e.g. the class count).
     """
     model = getattr(backbone, "_orig_mod", backbone)
     text = str(source)

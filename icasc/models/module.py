@@ -16,8 +16,9 @@ from torchmetrics.classification import MulticlassAccuracy, MultilabelAUROC, Mul
 from icasc.attention.mechanism import AttentionMechanism
 from icasc.losses.icasc import ICASCLoss
 from icasc.metrics.ks import KSStatistic
-from icasc.metrics.pointing_game import pointing_game_hits
+from icasc.metrics.pointing_game import POINTING_TOLERANCE, pointing_game_hits
 from icasc.models.backbones import build_backbone, default_attention_layers
+from icasc.models.hparams import build_factory, factory_spec, plain
 
 __all__ = ["ICASCModule", "crop_average_logits"]
 
@@ -40,6 +41,14 @@ def _backbone_spec(backbone: str | Mapping[str, Any] | nn.Module) -> dict[str, A
             f"a backbone mapping needs a 'name' (a registered backbone), got keys {sorted(spec)}"
         )
     return spec
+
+
+def _factory(factory: Any, base: type, option: str) -> Any:
+    """A factory as given, or rebuilt from the plain record a checkpoint holds (icasc.models.hparams)."""
+    if isinstance(factory, Mapping):
+        # {} is what an empty config group option composes to (model/scheduler=none): no factory
+        return build_factory(factory, base, option) if factory else None
+    return factory
 
 
 def crop_average_logits(logits: torch.Tensor, multilabel: bool = False) -> torch.Tensor:
@@ -93,15 +102,18 @@ class ICASCModule(L.LightningModule):
         backbone: A registered backbone name, a mapping ``{"name": ..., **build_backbone kwargs}`` (e.g.
             ``{"name": "resnet50", "weights": "IMAGENET1K_V2"}``), or a ready ``nn.Module``.
         num_classes: Number of classes.
-        loss: The objective; default ``ICASCLoss()`` (all terms at weight 1).
+        loss: The objective, or its ``config()`` mapping; default ``ICASCLoss()`` (all terms at weight 1).
         attention: ``"ach"`` (A_ch, Eq. 2) or ``"gradcam"`` (Eq. 1), or a mapping with ``method``,
             ``inner_layer``, ``last_layer`` (``None``: the backbone's defaults) and ``grad_mode`` (see
             :class:`~icasc.attention.AttentionMechanism`).
-        optimizer: Factory ``params -> Optimizer`` (e.g. ``functools.partial(torch.optim.SGD, lr=0.1)``).
-        scheduler: Optional factory ``optimizer -> LR scheduler``, stepped every epoch.
+        optimizer: Factory ``params -> Optimizer`` (e.g. ``functools.partial(torch.optim.SGD, lr=0.1)``), or
+            the plain record a checkpoint holds (:func:`~icasc.models.hparams.factory_spec`).
+        scheduler: Optional factory ``optimizer -> LR scheduler``, stepped every epoch (or its record).
         check_finite: Stop with an error naming the step and the term when a loss term is NaN or Inf.
         val_attention: Compute attention maps in validation and test (overlap, pointing game).
-        pointing_tolerance: Pointing-game tolerance in input pixels.
+        pointing_tolerance: Pointing-game tolerance in input pixels; default
+            :data:`~icasc.metrics.pointing_game.POINTING_TOLERANCE` (0: the maximum inside a box, Group-CAM
+            §4.4), the one default that ``-cn eval`` and ``-cn explain`` use too.
 
     Evaluation (validation and test) logs ``{stage}/top1``, ``top5`` and ``ks`` (the KS statistic of Fig. 9,
     with ``ks_threshold``, the probability where it occurs) for single-label data, ``{stage}/map`` and
@@ -116,18 +128,33 @@ class ICASCModule(L.LightningModule):
         self,
         backbone: str | Mapping[str, Any] | nn.Module,
         num_classes: int,
-        loss: ICASCLoss | None = None,
+        loss: ICASCLoss | Mapping[str, Any] | None = None,
         attention: str | Mapping[str, Any] = "ach",
-        optimizer: OptimizerFactory | None = None,
-        scheduler: SchedulerFactory | None = None,
+        optimizer: OptimizerFactory | Mapping[str, Any] | None = None,
+        scheduler: SchedulerFactory | Mapping[str, Any] | None = None,
         check_finite: bool = True,
         val_attention: bool = True,
-        pointing_tolerance: float = 0.0,
+        pointing_tolerance: float = POINTING_TOLERANCE,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(
-            logger=False, ignore=["backbone"] if isinstance(backbone, nn.Module) else []
-        )
+        if isinstance(loss, Mapping):
+            loss = ICASCLoss(**plain(loss))
+        self.loss = loss if loss is not None else ICASCLoss()
+        # Plain data only (see icasc.models.hparams): checkpoints then load with weights_only=True.
+        hparams = {
+            "backbone": None if isinstance(backbone, nn.Module) else plain(backbone),
+            "num_classes": int(num_classes),
+            "loss": self.loss.config(),
+            "attention": plain(attention),
+            "optimizer": factory_spec(optimizer),
+            "scheduler": factory_spec(scheduler),
+            "check_finite": bool(check_finite),
+            "val_attention": bool(val_attention),
+            "pointing_tolerance": float(pointing_tolerance),
+        }
+        if isinstance(backbone, nn.Module):
+            del hparams["backbone"]
+        self.save_hyperparameters(hparams, logger=False)
         self.backbone_spec = _backbone_spec(backbone)
         if isinstance(backbone, nn.Module):
             self.backbone = backbone
@@ -135,15 +162,14 @@ class ICASCModule(L.LightningModule):
             spec = dict(self.backbone_spec)
             self.backbone = build_backbone(spec.pop("name"), num_classes, **spec)
         self.num_classes = num_classes
-        self.loss = loss if loss is not None else ICASCLoss()
         spec = _attention_spec(attention)
         if spec["inner_layer"] is None or spec["last_layer"] is None:
             default_inner, default_last = default_attention_layers(self.backbone)
             spec["inner_layer"] = spec["inner_layer"] or default_inner
             spec["last_layer"] = spec["last_layer"] or default_last
         self.attention = AttentionMechanism(self.backbone, **spec)
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
+        self.optimizer_factory = _factory(optimizer, torch.optim.Optimizer, "optimizer")
+        self.scheduler_factory = _factory(scheduler, torch.optim.lr_scheduler.LRScheduler, "scheduler")
         self.check_finite = check_finite
         self.val_attention = val_attention
         self.pointing_tolerance = pointing_tolerance

@@ -1,4 +1,4 @@
-"""Occlusion sensitivity (Zeiler & Fergus 2014; Grad-CAM paper §5 and appendix C.1, Fig. A4)."""
+"""Occlusion sensitivity (Zeiler & Fergus 2014; Grad-CAM paper §5.3 and appendix C.1, Fig. A4)."""
 
 from __future__ import annotations
 
@@ -8,35 +8,49 @@ from torch import nn
 from icasc.saliency._input_gradients import class_scores
 from icasc.saliency.base import Attribution, TargetLike
 
-__all__ = ["Occlusion"]
+__all__ = ["AGGREGATES", "Occlusion"]
 
 SCORES = ("probability", "logit")
+AGGREGATES = ("centre", "mean")
 
 
 class Occlusion(Attribution):
-    """The drop of the class score when a square region around each pixel is occluded.
+    """The drop of the class score when the region around each location is occluded (Grad-CAM app. C.1).
 
-    Following appendix C.1 of the Grad-CAM paper, a ``window x window`` mask (35 x 35 by default, "a good
-    trade-off between sharp results and a smooth appearance") slides over the image, which is zero-padded by
-    ``window // 2`` on each side so that windows centred on the border pixels exist and the map has the
-    image's size. Each masked image is scored and the drop ``score(x) - score(x_masked)`` is credited to the
-    pixels the window covers; a pixel's value is the mean drop over all the windows that cover it. Positive
-    values are evidence for the class, negative ones (the score rises) hint at confusing classes.
+    Grad-CAM appendix C.1: "At each location of the occlusion map we store the difference in the original
+    score for the particular class and the score obtained after forward propagating the masked image", the
+    mask being a ``window x window`` square (35 x 35 by default, "a good trade-off between sharp results and
+    a smooth appearance") around that location, with the image zero-padded so that the map has the image's
+    size. So the default ``aggregate="centre"`` stores at pixel ``(i, j)`` the drop
+    ``score(x) - score(x_masked)`` of the window centred on ``(i, j)``: rows ``[i - window // 2,
+    i - window // 2 + window)`` clipped to the image (for an even window the centre is the lower-right pixel
+    of the central 2 x 2). Positive values are evidence for the class, negative ones (the score rises) hint at
+    confusing classes. This is the map the faithfulness metric compares with (Grad-CAM §5.3,
+    :mod:`icasc.metrics.faithfulness`).
 
-    The paper stores a value at every location (stride 1: ``H * W`` forward passes per image). The default
-    stride ``max(1, window // 5)`` (7 px for 35) costs ~25x fewer forwards and still averages every pixel over
-    about 25 windows; pass ``stride=1`` for the paper's dense computation. All masked images are scored in
-    no-grad forwards of ``chunk_size`` images.
+    ``stride=1`` is the paper's map itself (``H * W`` forward passes per image). With ``stride = s > 1`` the
+    image is cut into ``s x s`` cells (the last row and column of cells clipped to the image) and every pixel
+    of a cell gets the drop of the window centred on the cell's central pixel, ``start + (length - 1) // 2``
+    along each axis: the paper's map sampled on a coarser grid and upsampled by nearest neighbour (exact at
+    the cell centres). The default stride ``max(1, window // 5)`` (7 px for 35) costs ~``s**2`` = 49x fewer
+    forwards.
+
+    ``aggregate="mean"`` is not the paper's map: windows start every ``stride`` pixels on the padded axis
+    (plus one flush with its end) and each pixel gets the mean drop of all the windows that cover it, a
+    box-blurred map (smoother, at any stride). All masked images are scored in no-grad forwards of
+    ``chunk_size`` images.
 
     Args:
         model: The classifier, returning ``[B, K]`` logits.
         window: Side of the square mask in pixels.
-        stride: Step between windows; ``None`` -> ``max(1, window // 5)``.
+        stride: Spacing of the window centres; ``None`` -> ``max(1, window // 5)``.
         fill: Value of the occluded pixels: a float, or a ``[C]`` tensor of per-channel values. The default 0
             is the dataset mean colour when the images are normalised with the dataset mean and std.
         chunk_size: Masked images per forward pass.
         score: ``"probability"`` (softmax probability of the class, default: drops are comparable across
             images and bounded by 1) or ``"logit"`` (the pre-softmax class score).
+        aggregate: ``"centre"`` (the paper's map, default) or ``"mean"`` (the mean drop of the covering
+            windows).
     """
 
     def __init__(
@@ -47,6 +61,7 @@ class Occlusion(Attribution):
         fill: float | torch.Tensor = 0.0,
         chunk_size: int = 64,
         score: str = "probability",
+        aggregate: str = "centre",
     ) -> None:
         super().__init__(model)
         if not isinstance(window, int) or window < 1:
@@ -58,28 +73,45 @@ class Occlusion(Attribution):
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        if aggregate not in AGGREGATES:
+            raise ValueError(
+                f"aggregate must be one of {AGGREGATES} ('centre': the paper's map), got {aggregate!r}"
+            )
         self.window = window
         self.stride = stride
         self.fill = fill
         self.chunk_size = chunk_size
         self.score = score
+        self.aggregate = aggregate
 
-    def window_spans(self, size: int) -> torch.Tensor:
-        """``[N, 2]`` (start, stop) pixel ranges of the windows along an axis of ``size`` pixels.
+    def window_centres(self, size: int) -> torch.Tensor:
+        """``[N]`` pixel index of each window's centre along an axis of ``size`` pixels.
 
-        Windows start every ``stride`` pixels on the padded axis (``window // 2`` each side), plus one flush
-        with its end so that the last pixels are covered; the ranges are clipped to the image.
+        ``"centre"``: the central pixel of each ``stride``-cell, ``start + (length - 1) // 2`` (every pixel
+        when ``stride=1``). ``"mean"``: every ``stride`` pixels on the axis padded by ``window // 2`` on each
+        side, plus one window flush with the padded end.
         """
         if self.window > size:
             raise ValueError(
                 f"occlusion window {self.window} is larger than the image side {size}; use window <= {size}"
             )
-        pad = self.window // 2
-        last = size + 2 * pad - self.window
+        if self.aggregate == "centre":
+            starts = torch.arange(0, size, self.stride)
+            lengths = (size - starts).clamp(max=self.stride)
+            return starts + (lengths - 1) // 2
+        last = size + 2 * (self.window // 2) - self.window
         starts = list(range(0, last + 1, self.stride))
         if starts[-1] != last:
             starts.append(last)
-        begin = torch.tensor(starts) - pad
+        return torch.tensor(starts)
+
+    def window_spans(self, size: int) -> torch.Tensor:
+        """``[N, 2]`` (start, stop) pixel ranges of the windows along an axis, clipped to the image.
+
+        The window centred on pixel ``c`` (:meth:`window_centres`) spans ``[c - window // 2, c - window // 2
+        + window)``.
+        """
+        begin = self.window_centres(size) - self.window // 2
         return torch.stack([begin.clamp(min=0), (begin + self.window).clamp(max=size)], dim=1)
 
     def _scores(self, logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -118,8 +150,13 @@ class Occlusion(Attribution):
                 mask = in_rows[window // len(cols)][:, :, None] * in_cols[window % len(cols)][:, None, :]
                 masked = torch.where(mask[:, None] > 0, fill, images[which])
                 drops[flat] = clean[which] - self._scores(self.model(masked), classes[which])
-        # Sum of the drops of the windows covering each pixel, divided by how many windows cover it.
         drops = drops.view(b, len(rows), len(cols))
+        if self.aggregate == "centre":
+            # Each pixel takes the drop of the window centred on its stride-cell (Grad-CAM app. C.1).
+            cell_rows = torch.arange(h, device=images.device) // self.stride
+            cell_cols = torch.arange(w, device=images.device) // self.stride
+            return drops[:, cell_rows][:, :, cell_cols]
+        # "mean": the sum of the drops of the windows covering each pixel over how many windows cover it.
         credited = in_rows.t() @ drops @ in_cols
         coverage = in_rows.sum(dim=0)[:, None] * in_cols.sum(dim=0)[None, :]
         return credited / coverage

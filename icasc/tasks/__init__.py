@@ -3,6 +3,9 @@
 Importing this package registers the OmegaConf resolvers the configs use.
 """
 
+import os
+from pathlib import Path
+
 from omegaconf import OmegaConf
 
 
@@ -16,8 +19,29 @@ def _score_metric(multilabel: bool) -> str:
     return "val/map" if multilabel else "val/top1"
 
 
+def _new_dir(path: str) -> str:
+    """``${icasc_new_dir:base}``: create and return ``base``, or ``base_2``, ``base_3``, ... if taken.
+
+    The run folder is named by the start time to the second; two runs started in the same second would share
+    it (and overwrite each other's config and metrics). ``mkdir`` without ``exist_ok`` is atomic: of two
+    runs, exactly one creates a given name. Registered with ``use_cache``, so a config resolves it once (Hydra
+    copies the cache into each job of a sweep).
+    """
+    base, n = Path(path), 1
+    while True:
+        candidate = base if n == 1 else base.with_name(f"{base.name}_{n}")
+        try:
+            os.makedirs(candidate.parent, exist_ok=True)
+            candidate.mkdir()
+            return str(candidate)
+        except FileExistsError:
+            n += 1
+
+
 # Presets cannot mark a value as required with `???`: merging `???` over a default keeps the default.
 if not OmegaConf.has_resolver("icasc_required"):
     OmegaConf.register_new_resolver("icasc_required", _required)
+if not OmegaConf.has_resolver("icasc_new_dir"):
+    OmegaConf.register_new_resolver("icasc_new_dir", _new_dir, use_cache=True)
 if not OmegaConf.has_resolver("icasc_score_metric"):
     OmegaConf.register_new_resolver("icasc_score_metric", _score_metric)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from icasc.data.transforms import centre_view
 from icasc.losses.icasc import ICASCLoss
 from icasc.metrics.ks import class_probabilities, most_confused
+from icasc.metrics.pointing_game import resolve_tolerance
 from icasc.models.export import WEIGHTS_FILE
 from icasc.models.loading import load_trained
 from icasc.models.module import ICASCModule
@@ -74,8 +75,11 @@ def load_module(path: str | Path, multilabel: bool | None = None) -> tuple[ICASC
                 "the model card of %s does not record multilabel; using the data's (%s)", path, multilabel
             )
             card_multilabel = multilabel
+        # Built from the card's registry name (not around `model`, whose spec would be its class name,
+        # e.g. "tinycnn" for tiny_cnn), then filled with the exported weights.
+        kwargs = {k: v for k, v in (card.get("backbone_kwargs") or {}).items() if k != "weights"}
         module = ICASCModule(
-            model,
+            {"name": card["backbone"], **kwargs},
             int(card["num_classes"]),
             loss=ICASCLoss(weights=card.get("loss_weights"), multilabel=bool(card_multilabel)),
             attention={
@@ -84,6 +88,7 @@ def load_module(path: str | Path, multilabel: bool | None = None) -> tuple[ICASC
                 "last_layer": layers.get("last"),
             },
         )
+        module.backbone.load_state_dict(model.state_dict(), strict=True)
     info = {
         "path": str(path.resolve()),
         "kind": kind,
@@ -350,8 +355,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule = hydra.utils.instantiate(cfg.data)
     module, info = load_module(path, getattr(datamodule, "multilabel", None))
     _check_data(module, datamodule, path, cfg)
-    if cfg.get("pointing_tolerance") is not None:
-        module.pointing_tolerance = float(cfg.pointing_tolerance)
+    if cfg.get("pointing_tolerance") is not None:  # null: the checkpoint's (default POINTING_TOLERANCE)
+        module.pointing_tolerance = resolve_tolerance(cfg.pointing_tolerance)
     module.val_attention = bool(cfg.get("attention_metrics", True))
     gallery_cfg = cfg.get("gallery") or {}
     method = gallery_cfg.get("method") or module.attention.method

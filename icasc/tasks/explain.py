@@ -13,10 +13,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from icasc.data.images import find_images, load_images
+from icasc.data.images import find_images, load_readable_images
 from icasc.data.transforms import centre_view
 from icasc.metrics.insertion_deletion import insertion_deletion
-from icasc.metrics.pointing_game import pointing_game_hits
+from icasc.metrics.pointing_game import pointing_game_hits, resolve_tolerance
 from icasc.models.backbones import default_attention_layers
 from icasc.models.loading import load_classifier
 from icasc.saliency.base import normalize
@@ -56,9 +56,10 @@ def _file_images(cfg: DictConfig, info: dict[str, Any]) -> dict[str, Any]:
         datamodule = hydra.utils.instantiate(cfg.data)
         mean, std, size = datamodule.mean, datamodule.std, datamodule.image_size
     size = int(cfg.get("image_size") or size)
-    files = find_images(cfg.images)[: int(cfg.num_images)]
+    # unreadable files are skipped with a warning naming each; an error only when none is readable
+    images, files = load_readable_images(find_images(cfg.images), size, mean, std, int(cfg.num_images))
     return {
-        "images": load_images(files, size, mean, std),
+        "images": images,
         "targets": None,
         "boxes": None,
         "names": [f.stem for f in files],
@@ -110,6 +111,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     methods = {name: build_method(name, model, layer, options.get(name)) for name in cfg.methods}
     out = Path(cfg.paths.output_dir)
     names, boxes, class_names = data["names"], data["boxes"], data["class_names"]
+    tolerance = resolve_tolerance(cfg.get("pointing_tolerance"))  # null: POINTING_TOLERANCE, as train/eval
 
     def label(c: int) -> str:
         return class_names[c] if class_names else str(c)
@@ -133,7 +135,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             hits = None
             if boxes is not None:
                 hits = pointing_game_hits(
-                    maps[name][scored], boxes[start:stop], tuple(images.shape[-2:]), cfg.pointing_tolerance
+                    maps[name][scored], boxes[start:stop], tuple(images.shape[-2:]), tolerance
                 )
             for i in range(stop - start):
                 rows.append(
@@ -190,5 +192,5 @@ def _summarise(rows: list[dict[str, Any]], methods: dict, scored: str, layer: st
         "layer": layer,
         "ckpt_path": str(cfg.ckpt_path),
         "faithfulness": OmegaConf.to_container(cfg.faithfulness, resolve=True),
-        "pointing_tolerance": cfg.pointing_tolerance,
+        "pointing_tolerance": resolve_tolerance(cfg.get("pointing_tolerance")),
     }

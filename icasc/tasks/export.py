@@ -22,7 +22,7 @@ from torch import nn
 
 from icasc.models.backbones import default_attention_layers
 from icasc.models.export import CARD_FILE, config_hash, export_backbone
-from icasc.models.loading import TORCHVISION_PREFIX, load_classifier
+from icasc.models.loading import TORCHVISION_PREFIX, load_classifier, load_module_checkpoint
 from icasc.models.module import ICASCModule
 from icasc.tasks.before_after import (
     before_after_markdown,
@@ -130,7 +130,7 @@ def report_for_run(
 def _load_finetuned(path: Path, datamodule: Any, cfg: DictConfig) -> tuple[nn.Module, dict, dict]:
     """The fine-tuned backbone, its info, and the base of its model card."""
     if path.suffix == ".ckpt":
-        module = ICASCModule.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+        module = load_module_checkpoint(path, "ckpt_path")
         spec = dict(module.backbone_spec)
         info = {
             "backbone": spec.pop("name"),

@@ -13,11 +13,14 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
+from icasc.callbacks.run_state import RunState
 from icasc.data.transforms import centre_view
 from icasc.models.export import export_backbone
-from icasc.models.loading import load_weights_into
+from icasc.models.files import check_checkpoint_file
+from icasc.models.loading import load_module_checkpoint, load_weights_into
 from icasc.models.module import ICASCModule
 from icasc.tasks.before_after import before_after_markdown, resolve_init_from, write_before_after
 from icasc.tasks.export import model_card, report_for_run
@@ -100,6 +103,30 @@ def _figure(module: ICASCModule, datamodule: Any, n: int, path: Path) -> Path:
         module.train(was_training)
 
 
+def _check_output_dir(out: Path, resume: str | None) -> None:
+    """Refuse to start a new run in a folder that holds another run's checkpoints or metrics."""
+    if resume:
+        return
+    taken = [p for p in (out / "checkpoints" / "last.ckpt", out / "csv" / "metrics.csv") if p.exists()]
+    if taken:
+        raise FileExistsError(
+            f"{out} already holds a run ({', '.join(str(p) for p in taken)}). Resume it with "
+            f"ckpt_path={out / 'checkpoints' / 'last.ckpt'} (same hydra.run.dir), or start a new run in "
+            "another folder (leave hydra.run.dir unset, or give a new one)."
+        )
+
+
+def _release_process_group() -> None:
+    """Destroy the DDP process group when the run is over.
+
+    Lightning destroys only NCCL groups at exit; a gloo group (DDP on CPUs) left alive has its threads
+    torn down at interpreter shutdown, which can abort the process (SIGABRT).
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()  # no rank leaves while another still uses the group
+        torch.distributed.destroy_process_group()
+
+
 def _summary(metrics: dict[str, float], outputs: dict[str, str | None]) -> str:
     rows = [(k, f"{v:.4f}") for k, v in sorted(metrics.items()) if isinstance(v, float)]
     rows += [(k, v or "-") for k, v in outputs.items()]
@@ -121,24 +148,38 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     Raises:
         ValueError: ``init_from`` is required by the preset (``icasc_required``) but not given, or its weights
             do not fit the configured backbone (see :func:`~icasc.models.loading.load_weights_into`).
+        FileExistsError: A new run (no ``ckpt_path``) would write into a folder that holds another run.
     """
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
     init_from = _init_from(cfg)
-    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
-    module: ICASCModule = hydra.utils.instantiate(cfg.model)
+    resume = cfg.get("ckpt_path") if cfg.get("train", True) else None
+    if cfg.get("train", True):
+        _check_output_dir(out, resume)
+    if resume:
+        check_checkpoint_file(resume, "ckpt_path")  # before any work: a truncated file fails now
+    # _convert_="all": plain dicts and lists reach the constructors, so checkpoints hold no DictConfig
+    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    module: ICASCModule = hydra.utils.instantiate(cfg.model, _convert_="all")
     if init_from:
         loaded = load_weights_into(module.backbone, init_from, arch=module.backbone_spec["name"])
         log.info("initialised the backbone from %s (%d tensors)", init_from, loaded["tensors"])
-    callbacks = _instantiate_dict(cfg.get("callbacks"))
+    # RunState: RNG states and logger rows in every checkpoint, so a resumed run continues exactly
+    callbacks = [*_instantiate_dict(cfg.get("callbacks")), RunState()]
     loggers = _instantiate_dict(cfg.get("logger"))
+    if not loggers:
+        # logger=none: the learning-rate monitor has nowhere to write (Lightning refuses it without a logger)
+        dropped = [c for c in callbacks if isinstance(c, LearningRateMonitor)]
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+        if dropped:
+            log.info("no logger: the learning-rate monitor is left out")
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     if cfg.get("train", True):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         best = _best_checkpoint(trainer)
     else:
         # train=false: score (and export) the given checkpoint.
@@ -147,7 +188,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             raise ValueError("train=false needs ckpt_path=<a Lightning checkpoint> to evaluate and export")
     # Score the model that gets exported: the best checkpoint where one exists.
     if best:
-        module = ICASCModule.load_from_checkpoint(best, map_location="cpu", weights_only=False)
+        module = load_module_checkpoint(best, "ckpt_path")
     results = trainer.validate(module, datamodule=datamodule, verbose=False)
     metrics = {k: _as_float(v) for k, v in (results[0] if results else {}).items()}
     if cfg.get("test"):
@@ -175,4 +216,5 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print(_summary(metrics, outputs), flush=True)
         if report is not None:
             print(before_after_markdown(report), flush=True)
+    _release_process_group()
     return {"metrics": metrics, "outputs": outputs, "before_after": report}

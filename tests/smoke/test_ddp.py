@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from icasc.data import SyntheticDataModule
 from icasc.losses import ICASCLoss
 from icasc.models import ICASCModule
+from tests.helpers import SpawnDDPStrategy
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +59,7 @@ def test_ddp_gradients_equal_single_process_full_batch(tmp_path):
     trainer = L.Trainer(
         accelerator="cpu",
         devices=2,
-        strategy="ddp_spawn",
+        strategy=SpawnDDPStrategy(),
         max_steps=1,
         limit_val_batches=0,
         logger=False,

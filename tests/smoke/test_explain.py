@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from icasc.metrics.pointing_game import POINTING_TOLERANCE
 from icasc.tasks import explain
 from tests.conftest import compose_config
 from tests.helpers import run_train_py, train_tiny
@@ -35,6 +36,7 @@ def test_explain_checkpoint_on_validation_images(trained, tmp_path):
     ckpt = next((trained / "checkpoints").glob("epoch_*.ckpt"))
     summary = explain.run(compose_config("explain", [f"ckpt_path={ckpt}", *FAST], tmp_path))
     assert summary["explained_class"] == "true" and summary["layer"] == "layer2"
+    assert summary["pointing_tolerance"] == POINTING_TOLERANCE  # the default of training and eval too
     for method in METHODS:
         entry = summary["methods"][method]
         assert 0.0 <= entry["insertion_auc"] <= 1.0 and 0.0 <= entry["deletion_auc"] <= 1.0

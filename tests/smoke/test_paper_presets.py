@@ -7,8 +7,6 @@ row of the paper's tables, have its expected settings listed in ``ROWS`` below.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from omegaconf import OmegaConf
 
@@ -160,58 +158,6 @@ def test_pretrained_start_is_overridable():
 # ------------------------------------------------------------------------------------ fast_dev_run
 
 
-def _fake_cifar100(root: Path) -> tuple[Path, list[str]]:
-    return fakedata.write_fake_cifar100(root), []
-
-
-def _fake_caltech256(root: Path) -> tuple[Path, list[str]]:
-    # 3 object classes + clutter, 3 images each: 2 to train, 1 to test
-    path = fakedata.write_fake_caltech256(root, num_classes=4, images_per_class=3, size=36)
-    return path, ["data.num_classes=3", "data.train_per_class=2", "data.test_per_class=1"]
-
-
-def _fake_imagenet(root: Path) -> tuple[Path, list[str]]:
-    return fakedata.write_fake_imagenet(root, num_classes=3, per_class=2, size=36), ["data.num_classes=3"]
-
-
-def _fake_cub200(root: Path) -> tuple[Path, list[str]]:
-    return fakedata.write_fake_cub200(root, num_classes=3, per_class=3, size=40), ["data.num_classes=3"]
-
-
-def _fake_voc2012(root: Path) -> tuple[Path, list[str]]:
-    return fakedata.write_fake_voc2012(root, num_train=4, num_val=4, size=40), []
-
-
-FAKES = {
-    "cifar100": _fake_cifar100,
-    "caltech256": _fake_caltech256,
-    "imagenet": _fake_imagenet,
-    "cub200": _fake_cub200,
-    "voc2012": _fake_voc2012,
-}
-# small images and batches for speed; backbone, loss, attention and schedule stay the preset's
-SHRINK = {
-    "cifar100": [],  # 32 px already
-    "caltech256": ["data.image_size=64", "data.resize=72"],
-    "imagenet": ["data.image_size=64", "data.resize=72"],
-    "cub200": ["data.image_size=64", "data.resize=72"],
-    "voc2012": ["data.image_size=64", "data.resize=64"],
-}
-
-
-@pytest.fixture(scope="module")
-def fake_roots(tmp_path_factory):
-    """Write each fake dataset once, on first use."""
-    cache: dict[str, tuple[Path, list[str]]] = {}
-
-    def get(dataset: str) -> tuple[Path, list[str]]:
-        if dataset not in cache:
-            cache[dataset] = FAKES[dataset](tmp_path_factory.mktemp(dataset))
-        return cache[dataset]
-
-    return get
-
-
 # four fake VOC validation images leave most classes without positives: torchmetrics warns
 @pytest.mark.filterwarnings(
     "ignore:No positive samples:UserWarning", "ignore:No negative samples:UserWarning"
@@ -225,7 +171,7 @@ def test_preset_runs_fast_dev_run_on_fake_data(preset, fake_roots, tmp_path):
             f"experiment={preset}",
             f"data.root={root}",
             *data_overrides,
-            *SHRINK[dataset],
+            *fakedata.SHRINK[dataset],
             "data.batch_size=4",
             "data.num_workers=0",
             "data.pin_memory=false",

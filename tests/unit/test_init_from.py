@@ -5,16 +5,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 import torchvision
-from torch.utils.data import DataLoader
 
 from icasc.models import ICASCModule
 from icasc.models.backbones import build_backbone
 from icasc.models.export import export_backbone
 from icasc.models.loading import load_classifier, load_weights_into
+from tests.helpers import save_tiny_checkpoint
 
 
 def _randomised(name: str, num_classes: int, seed: int, **kwargs: object) -> torch.nn.Module:
@@ -42,20 +41,8 @@ def _export(model: torch.nn.Module, name: str, num_classes: int, out: Path) -> P
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ICASCModule]:
     """A real Lightning checkpoint of an ICASCModule (tiny_cnn, 5 classes) after one step."""
-    torch.manual_seed(0)
-    module = ICASCModule("tiny_cnn", num_classes=5, val_attention=False)
-    data = [{"image": torch.randn(3, 32, 32), "target": torch.tensor(i % 5)} for i in range(4)]
-    trainer = L.Trainer(
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
-    trainer.fit(module, DataLoader(data, batch_size=4))
     path = tmp_path_factory.mktemp("ckpt") / "model.ckpt"
-    trainer.save_checkpoint(path)
+    module = save_tiny_checkpoint(path)
     return path, module
 
 

@@ -29,6 +29,9 @@ from icasc.metrics import (
     ssim,
     step_counts,
 )
+from icasc.metrics.faithfulness import occlusion_faithfulness
+from icasc.metrics.pointing_game import POINTING_TOLERANCE
+from icasc.saliency import Occlusion
 from icasc.saliency.base import Attribution, resolve_target
 from icasc.saliency.blur import gaussian_blur
 
@@ -268,8 +271,11 @@ def test_pointing_game_metric_per_category_mean():
         per_class.update(maps[i : i + 1], boxes[i : i + 1], labels[i : i + 1])
     out = per_class.compute()
     assert out[:3].tolist() == [1.0, 0.0, 0.5] and math.isnan(out[3].item())
-    assert PointingGame(4).tolerance == 15.0
-    tolerant = PointingGame(4)  # the default 15 px tolerance turns the miss at (9.5, 9.5) into a hit
+    assert PointingGame(4).tolerance == POINTING_TOLERANCE == 0.0  # inside the box (Group-CAM §4.4)
+    default = PointingGame(4)
+    default.update(maps, boxes, labels)
+    assert default.compute().item() == pytest.approx((1.0 + 0.0 + 0.5) / 3)
+    tolerant = PointingGame(4, tolerance=15.0)  # Zhang et al.'s 15 px turns the miss at (9.5, 9.5) into a hit
     tolerant.update(maps, boxes, labels)
     assert tolerant.compute().item() == pytest.approx(1.0)
 
@@ -424,6 +430,26 @@ def test_faithfulness_and_metric():
     metric.update(torch.ones(1, 6, 6), occ[:1])  # undefined: left out of the mean, counted
     assert metric.compute().item() == pytest.approx(spearman(maps, occ).mean().item(), abs=1e-6)
     assert metric.undefined.item() == 1
+
+
+def test_occlusion_faithfulness_uses_the_papers_occlusion_map():
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2 * 8 * 8, 3))
+    images = torch.randn(2, 2, 8, 8)
+    paper = Occlusion(model, window=3, stride=1, aggregate="centre").attribute(images, 1)
+    blurred = Occlusion(model, window=3, stride=1, aggregate="mean").attribute(images, 1)
+    rho = occlusion_faithfulness(model, paper, images, 1, window=3, stride=1)
+    torch.testing.assert_close(rho, torch.ones(2))  # the reference itself: rank correlation 1
+    rho_blurred = occlusion_faithfulness(model, blurred, images, 1, window=3, stride=1)
+    torch.testing.assert_close(rho_blurred, faithfulness(blurred, paper))
+    assert (rho_blurred < 1).all()
+    low = resize_map(paper, (4, 4))  # low-resolution maps are resized to the images
+    torch.testing.assert_close(
+        occlusion_faithfulness(model, low, images, 1, window=3, stride=1),
+        faithfulness(resize_map(low, (8, 8)), paper),
+    )
+    with pytest.raises(ValueError, match="maps must be"):
+        occlusion_faithfulness(model, paper[:1], images, 1, window=3)
 
 
 # ---------------------------------------------------------------------------------------------------------

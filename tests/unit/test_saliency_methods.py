@@ -515,12 +515,12 @@ def test_occlusion_single_pixel_windows_on_a_linear_model():
     torch.testing.assert_close(maps, (weight * (x - fill.view(1, 2, 1, 1))).sum(dim=1), atol=1e-5, rtol=0)
 
 
-def test_occlusion_averages_the_windows_covering_each_pixel():
+def test_occlusion_mean_option_averages_the_windows_covering_each_pixel():
     torch.manual_seed(5)
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Flatten(), nn.LazyLinear(3))
     image = torch.randn(1, 1, 7, 6)
     model(image)
-    method = Occlusion(model, window=3, stride=2, fill=0.5)
+    method = Occlusion(model, window=3, stride=2, fill=0.5, aggregate="mean")  # not the paper's map
     # Padding 1: a window every 2 px on the padded axis, plus one flush with its end; clipped to the image.
     rows, cols = [[0, 2], [1, 4], [3, 6], [5, 7]], [[0, 2], [1, 4], [3, 6], [4, 6]]
     assert method.window_spans(7).tolist() == rows and method.window_spans(6).tolist() == cols
@@ -544,4 +544,51 @@ def test_occlusion_bad_arguments():
         Occlusion(model, score="loss")
     with pytest.raises(ValueError, match="fill"):
         Occlusion(model, window=3, fill=torch.zeros(2)).attribute(images)
-    assert Occlusion(model).stride == 7
+    with pytest.raises(ValueError, match="aggregate must be one of"):
+        Occlusion(model, aggregate="max")
+    assert Occlusion(model).stride == 7 and Occlusion(model).aggregate == "centre"
+
+
+def _window_drops(product: torch.Tensor, window: int, rows: list[int], cols: list[int]) -> torch.Tensor:
+    """Closed form for a linear logit: the drop of the window centred on (r, c) is the sum of w * x in it."""
+    h, w = product.shape
+    out = torch.zeros(len(rows), len(cols), dtype=product.dtype)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            r0, c0 = r - window // 2, c - window // 2
+            out[i, j] = product[max(r0, 0) : min(r0 + window, h), max(c0, 0) : min(c0 + window, w)].sum()
+    return out
+
+
+@pytest.mark.parametrize("window", [3, 4, 5])
+def test_occlusion_stores_the_drop_of_the_window_centred_on_each_pixel(window):
+    """Grad-CAM app. C.1: "At each location of the occlusion map we store the difference" in score."""
+    torch.manual_seed(2)
+    model = _linear(channels=2, h=7, w=9, classes=3).double()
+    x = torch.randn(2, 2, 7, 9, dtype=torch.float64)
+    weight = model[1].weight.detach()[2].view(2, 7, 9)
+    maps = Occlusion(model, window=window, stride=1, score="logit").attribute(x, 2)  # fill 0
+    for b in range(2):
+        product = (weight * x[b]).sum(dim=0)  # logit(x) - logit(x masked) = sum of w * x over the window
+        torch.testing.assert_close(maps[b], _window_drops(product, window, list(range(7)), list(range(9))))
+
+
+def test_occlusion_with_a_stride_gives_each_cell_the_drop_of_the_window_at_its_centre():
+    torch.manual_seed(3)
+    model = _linear(channels=2, h=7, w=9, classes=3).double()
+    x = torch.randn(1, 2, 7, 9, dtype=torch.float64)
+    weight = model[1].weight.detach()[0].view(2, 7, 9)
+    method = Occlusion(model, window=3, stride=3, score="logit")
+    # Cells [0, 3), [3, 6), [6, 7) / [0, 3), [3, 6), [6, 9): centres start + (length - 1) // 2.
+    assert method.window_centres(7).tolist() == [1, 4, 6] and method.window_centres(9).tolist() == [1, 4, 7]
+    maps = method.attribute(x, 0)[0]
+    drops = _window_drops((weight * x[0]).sum(dim=0), 3, [1, 4, 6], [1, 4, 7])
+    cell_rows, cell_cols = torch.tensor([0, 0, 0, 1, 1, 1, 2]), torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    torch.testing.assert_close(maps, drops[cell_rows][:, cell_cols])
+    # At the cell centres the strided map is the dense (stride 1) paper map exactly.
+    dense = Occlusion(model, window=3, stride=1, score="logit").attribute(x, 0)[0]
+    centres = torch.tensor([1, 4, 6]), torch.tensor([1, 4, 7])
+    torch.testing.assert_close(maps[centres[0]][:, centres[1]], dense[centres[0]][:, centres[1]])
+    # The mean option is a box-blurred map, not the paper's.
+    blurred = Occlusion(model, window=3, stride=1, score="logit", aggregate="mean").attribute(x, 0)[0]
+    assert not torch.allclose(blurred, dense)

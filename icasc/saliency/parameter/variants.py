@@ -63,28 +63,60 @@ class SmoothParameterSaliency(ParameterSaliency):
 
 
 class L1ParameterSaliency(ParameterSaliency):
-    """L1-regularised parameter saliency (appendix A.7, Eq. 6).
+    """L1-regularised parameter saliency (appendix A.7, Eq. 6), α relative to the sample's gradient scale.
 
-    Eq. 6 is ``s_i = |(1 - alpha) d/d theta_i (L(x, y) + alpha ||theta - theta_0||_1)|`` at
-    ``theta = theta_0``, where the L1 term is not differentiable. Autograd's choice there (subgradient 0)
-    would make Eq. 6 a mere rescaling ``(1 - alpha)|g|``, which changes neither standardised profiles nor
-    top-k filters.
-    Following the paper's reading of Eq. 6 as one step of the L1-regularised attack, we take the
-    subgradient of least norm, the steepest-descent direction of the regularised objective (one proximal
-    step): ``s_i = (1 - alpha) * max(|g_i| - alpha, 0)``, a soft threshold that makes profiles sparser.
-    ``alpha`` is in units of the per-parameter gradient ``g_i``; ``alpha = 0`` is the plain profile.
+    Eq. 6 is ``s_i = |(1 - α) d/dθ_i (L(x, y) + α ||θ - θ_0||_1)|`` at ``θ = θ_0``, "one step of the
+    L1-regularized adversarial attack" that "enforce[s] sparsity", and at "α = 0.99" it gives profiles with
+    "cosine similarity ... of 0.97" to the plain ones (appendix A.7, the paragraph after Eq. 6).
+
+    Reading used here. At ``θ_0`` the L1 term has the subdifferential ``α [-1, 1]``; autograd's choice
+    (0) would make Eq. 6 the rescaling ``(1 - α)|g|`` (cosine exactly 1, no sparsity), so we take the
+    subgradient of least norm, the steepest-descent direction (one proximal step), which soft-thresholds
+    each parameter gradient. Eq. 6 weighs ``∇L`` against the unit-size subgradient of the L1 term, so the
+    two are compared with ``∇L`` measured in units of its own scale, the sample's mean plain saliency
+    ``ḡ(x) = mean_k s_k(x)`` (the average over the profile's columns of their mean ``|g|``):
+
+    ``s_i = (1 - α) · max(|g_i| - α · ḡ(x), 0)``,
+
+    averaged per column like the plain profile. ``α = 0`` is the plain profile; ``α < 1`` keeps at least
+    every parameter with ``|g_i| >= ḡ(x)`` (never an empty profile), so even α = 0.99 stays close to the
+    plain profile while zeroing the many small gradients: on a small, briefly trained CNN the tests measure
+    a mean cosine of 0.976 (the appendix reports 0.97). Taking α in raw gradient units instead (threshold
+    ``α``) zeroes every profile at α = 0.99, since per-parameter gradients are far below 1.
+
+    Costs one plain pass for ``ḡ`` plus one thresholded pass per image (the threshold differs per image).
+    ``ḡ`` is held constant when the profile is differentiated w.r.t. the input (:meth:`input_saliency`).
 
     Args:
         model: The classifier.
-        alpha: ``alpha`` of Eq. 6, in ``[0, 1)``.
+        alpha: ``α`` of Eq. 6, in ``[0, 1)``, relative to ``ḡ(x)``.
         **kwargs: As for :class:`ParameterSaliency`.
     """
 
     def __init__(self, model: nn.Module, alpha: float, **kwargs) -> None:
         super().__init__(model, **kwargs)
-        if not 0 <= alpha < 1:
-            raise ValueError(f"alpha must lie in [0, 1), got {alpha!r}")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < 1:
+            raise ValueError(f"alpha must lie in [0, 1) (appendix A.7 uses 0.99), got {alpha!r}")
         self.alpha = float(alpha)
+        self._threshold: float | None = None  # set per image inside _compute
 
     def _magnitude(self) -> Magnitude:
-        return Magnitude(threshold=self.alpha, scale=1.0 - self.alpha)
+        if self._threshold is None:
+            return Magnitude()
+        return Magnitude(threshold=self._threshold, scale=1.0 - self.alpha)
+
+    def _compute(
+        self, images: torch.Tensor, targets: torch.Tensor, create_graph: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        plain, logits = super()._compute(images, targets, create_graph and self.alpha == 0)
+        if self.alpha == 0:
+            return plain, logits
+        scales = plain.detach().mean(dim=1).tolist()  # ḡ(x) per image
+        rows = []
+        try:
+            for i, scale in enumerate(scales):
+                self._threshold = self.alpha * scale
+                rows.append(super()._compute(images[i : i + 1], targets[i : i + 1], create_graph)[0])
+        finally:
+            self._threshold = None
+        return torch.cat(rows), logits
