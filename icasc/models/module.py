@@ -142,7 +142,8 @@ class ICASCModule(L.LightningModule):
         self.loss = loss if loss is not None else ICASCLoss()
         # Plain data only (see icasc.models.hparams): checkpoints then load with weights_only=True.
         hparams = {
-            "backbone": None if isinstance(backbone, nn.Module) else plain(backbone),
+            # a ready nn.Module is not data: such a module is loaded by passing backbone= again
+            **({} if isinstance(backbone, nn.Module) else {"backbone": plain(backbone)}),
             "num_classes": int(num_classes),
             "loss": self.loss.config(),
             "attention": plain(attention),
@@ -152,8 +153,6 @@ class ICASCModule(L.LightningModule):
             "val_attention": bool(val_attention),
             "pointing_tolerance": float(pointing_tolerance),
         }
-        if isinstance(backbone, nn.Module):
-            del hparams["backbone"]
         self.save_hyperparameters(hparams, logger=False)
         self.backbone_spec = _backbone_spec(backbone)
         if isinstance(backbone, nn.Module):

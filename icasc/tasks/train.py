@@ -168,12 +168,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # RunState: RNG states and logger rows in every checkpoint, so a resumed run continues exactly
     callbacks = [*_instantiate_dict(cfg.get("callbacks")), RunState()]
     loggers = _instantiate_dict(cfg.get("logger"))
-    if not loggers:
+    if not loggers and any(isinstance(c, LearningRateMonitor) for c in callbacks):
         # logger=none: the learning-rate monitor has nowhere to write (Lightning refuses it without a logger)
-        dropped = [c for c in callbacks if isinstance(c, LearningRateMonitor)]
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-        if dropped:
-            log.info("no logger: the learning-rate monitor is left out")
+        log.info("no logger: the learning-rate monitor is left out")
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
