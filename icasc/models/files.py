@@ -149,15 +149,16 @@ def read_checkpoint(
     path: str | Path,
     option: str | None = "ckpt_path",
     map_location: str | torch.device = "cpu",
-    weights_only: bool = True,
 ) -> dict[str, Any]:
-    """``torch.load`` a Lightning checkpoint after :func:`check_checkpoint_file`, with clear errors.
+    """``torch.load(weights_only=True)`` a Lightning checkpoint after :func:`check_checkpoint_file`.
+
+    Only tensors and plain data are unpickled (icasc's checkpoints hold nothing else); any other pickle is
+    refused with a clear error.
 
     Args:
         path: The ``.ckpt`` file.
         option: The config option that named it, for the message.
         map_location: Device for the tensors.
-        weights_only: Passed to ``torch.load``; ``True`` unpickles plain data and tensors only.
 
     Returns:
         The checkpoint dictionary.
@@ -168,7 +169,7 @@ def read_checkpoint(
     """
     path = check_checkpoint_file(path, option)
     with reading_checkpoint(path, option):
-        checkpoint = torch.load(path, map_location=map_location, weights_only=weights_only)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(checkpoint, dict):
         raise _not_a_checkpoint(path, option, f"it holds a {type(checkpoint).__name__}, not a dictionary")
     return checkpoint
