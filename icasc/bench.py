@@ -59,7 +59,9 @@ def step_benchmark(
 ) -> dict[str, object]:
     """Training-step time (forward, loss, backward, SGD step) of the baseline and of ICASC (all terms).
 
-    Both sides start from the same weights and see the same batch.
+    ICASC is timed in both orders (``order="second"``: exact, ``"first"``: constant channel weights), all
+    three sides interleaved in one process, starting from the same weights and seeing the same batch.
+    ``ratio`` and ``ratio_first`` are the ICASC step over the baseline step.
     """
     torch.manual_seed(seed)
     dev = torch.device(device)
@@ -67,6 +69,12 @@ def step_benchmark(
     base = ICASCModule(backbone, num_classes, loss=ICASCLoss(weights=off), attention=attention).to(dev)
     icasc = ICASCModule(copy.deepcopy(base.backbone), num_classes, loss=ICASCLoss(), attention=attention)
     icasc.to(dev)
+    first = ICASCModule(
+        copy.deepcopy(base.backbone),
+        num_classes,
+        loss=ICASCLoss(),
+        attention={"method": attention, "order": "first"},
+    ).to(dev)
     images = torch.randn(batch_size, 3, image_size, image_size, device=dev)
     targets = torch.randint(0, num_classes, (batch_size,), device=dev)
 
@@ -83,11 +91,14 @@ def step_benchmark(
         return step
 
     sync = torch.cuda.synchronize if dev.type == "cuda" else None
-    med = interleaved_medians({"baseline": make_step(base), "icasc": make_step(icasc)}, repeats, warmup, sync)
+    sides = {"baseline": make_step(base), "icasc": make_step(icasc), "icasc_first": make_step(first)}
+    med = interleaved_medians(sides, repeats, warmup, sync)
     return {
         "baseline_s": med["baseline"],
         "icasc_s": med["icasc"],
+        "icasc_first_s": med["icasc_first"],
         "ratio": med["icasc"] / med["baseline"],
+        "ratio_first": med["icasc_first"] / med["baseline"],
         "backbone": backbone,
         "image_size": image_size,
         "batch_size": batch_size,
@@ -124,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(prog="python -m icasc.bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
     step = _add_common(
-        sub.add_parser("step", help="training step: baseline vs ICASC (A_ch, all three terms)"),
+        sub.add_parser("step", help="training step: baseline vs ICASC (all terms), second and first order"),
         image_size=112,
         batch_size=16,
         num_classes=100,

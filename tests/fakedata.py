@@ -7,6 +7,7 @@ solid colours with a class-dependent colour and a darker "object" rectangle, so 
 
 from __future__ import annotations
 
+import gzip
 import io
 import pickle
 import struct
@@ -19,15 +20,19 @@ from PIL import Image
 __all__ = [
     "CUB_BOX",
     "FAKE_DATASETS",
+    "FASHION_MNIST_FILES",
     "SHRINK",
     "VOC_CLASSES",
     "class_colour",
+    "fake_fashion_mnist",
     "fake_wnids",
     "write_fake_caltech256",
     "write_fake_cifar100",
     "write_fake_cub200",
+    "write_fake_fashion_mnist",
     "write_fake_imagenet",
     "write_fake_voc2012",
+    "write_idx",
 ]
 
 # the standard devkit order, written out here so tests check the library's list against it
@@ -281,6 +286,56 @@ def write_fake_voc2012(root: Path, num_train: int = 4, num_val: int = 4, size: i
     return Path(root)
 
 
+# ------------------------------------------------------------------------------------------ Fashion-MNIST
+
+# the official file names, written out here so tests check the library's list against them
+FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
+)  # fmt: skip
+
+
+def write_idx(path: Path, array: np.ndarray) -> Path:
+    """``array`` as an unsigned-byte IDX file (magic ``00 00 08 ndim``, big-endian sizes); ``.gz``: gzip."""
+    array = np.asarray(array, dtype=np.uint8)
+    data = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+    return path
+
+
+def fake_fashion_mnist(train_per_class: int = 4, test_per_class: int = 2) -> dict[str, np.ndarray]:
+    """The arrays of the four files, by file name: ``[N, 28, 28]`` images and ``[N]`` labels.
+
+    Image ``i`` has label ``i % 10`` and is black but for a rectangle (rows ``4 + i % 3 .. 21 + i % 5``,
+    columns ``6 + i % 4 .. 19 + i % 3``) of the value ``40 + 5 * i`` in the training set, ``42 + 5 * i`` in
+    the test set (modulo 200): with the default sizes every image is unique, so tests can tell which image a
+    sample shows.
+    """
+    out = {}
+    for split, per_class, base in (("train", train_per_class, 40), ("t10k", test_per_class, 42)):
+        n = 10 * per_class
+        images = np.zeros((n, 28, 28), dtype=np.uint8)
+        for i in range(n):
+            images[i, 4 + i % 3 : 22 + i % 5, 6 + i % 4 : 20 + i % 3] = base + (5 * i) % 200
+        out[f"{split}-images-idx3-ubyte"] = images
+        out[f"{split}-labels-idx1-ubyte"] = (np.arange(n) % 10).astype(np.uint8)
+    return out
+
+
+def write_fake_fashion_mnist(
+    root: Path, layout: str = "flat", compress: bool = True, train_per_class: int = 4, test_per_class: int = 2
+) -> Path:
+    """The four IDX files of :func:`fake_fashion_mnist` under ``root``; returns ``root`` (the data.root).
+
+    ``layout="flat"``: ``root/<file>[.gz]`` as the Debian package installs them; ``"torchvision"``:
+    ``root/FashionMNIST/raw/<file>[.gz]``. ``compress`` writes ``.gz`` files.
+    """
+    folder = Path(root) if layout == "flat" else Path(root) / "FashionMNIST" / "raw"
+    for name, array in fake_fashion_mnist(train_per_class, test_per_class).items():
+        write_idx(folder / (f"{name}.gz" if compress else name), array)
+    return Path(root)
+
+
 # ------------------------------------------------------ data.root and overrides for each paper dataset
 # Each returns the root to pass as data.root and the overrides that fit the fake copy.
 
@@ -307,12 +362,18 @@ def _fake_voc2012(root: Path) -> tuple[Path, list[str]]:
     return write_fake_voc2012(root, num_train=4, num_val=4, size=40), []
 
 
+def _fake_fashion_mnist(root: Path) -> tuple[Path, list[str]]:
+    # 40 training and 20 test images: the default split sizes (thousands) do not fit
+    return write_fake_fashion_mnist(root), ["data.train_size=16", "data.val_size=8", "data.test_size=8"]
+
+
 FAKE_DATASETS = {
     "cifar100": _fake_cifar100,
     "caltech256": _fake_caltech256,
     "imagenet": _fake_imagenet,
     "cub200": _fake_cub200,
     "voc2012": _fake_voc2012,
+    "fashion_mnist": _fake_fashion_mnist,
 }
 # overrides that shrink each dataset's images for speed (backbone, loss, attention and schedule stay as set)
 SHRINK = {
@@ -321,4 +382,5 @@ SHRINK = {
     "imagenet": ["data.image_size=64", "data.resize=72"],
     "cub200": ["data.image_size=64", "data.resize=72"],
     "voc2012": ["data.image_size=64", "data.resize=64"],
+    "fashion_mnist": [],  # a 64 px canvas already
 }

@@ -44,10 +44,10 @@ class SpawnDDPStrategy(DDPStrategy):
             torch.distributed.destroy_process_group()
 
 
-def save_tiny_checkpoint(path: Path):
+def save_tiny_checkpoint(path: Path, **module_kwargs):
     """Train an ICASCModule (tiny_cnn, 5 classes) for one step, save a real Lightning checkpoint at ``path``.
 
-    Returns the trained module.
+    ``module_kwargs`` go to ``ICASCModule`` (e.g. ``pointing_tolerance``). Returns the trained module.
     """
     import lightning as L
     from torch.utils.data import DataLoader
@@ -55,7 +55,7 @@ def save_tiny_checkpoint(path: Path):
     from icasc.models import ICASCModule
 
     torch.manual_seed(0)
-    module = ICASCModule("tiny_cnn", num_classes=5, val_attention=False)
+    module = ICASCModule("tiny_cnn", num_classes=5, **{"val_attention": False, **module_kwargs})
     data = [{"image": torch.randn(3, 32, 32), "target": torch.tensor(i % 5)} for i in range(4)]
     trainer = L.Trainer(
         max_steps=1,

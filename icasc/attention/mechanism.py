@@ -12,13 +12,14 @@ from torch import nn
 from icasc.attention.capture import FeatureCapture
 from icasc.attention.functional import channel_weighted, grad_cam
 
-__all__ = ["ATTENTION_METHODS", "AttentionMechanism", "AttentionOutput", "select_classes"]
+__all__ = ["ATTENTION_METHODS", "ORDERS", "AttentionMechanism", "AttentionOutput", "select_classes"]
 
 ATTENTION_METHODS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "ach": channel_weighted,
     "gradcam": grad_cam,
 }
 GRAD_MODES = ("batch", "per_sample")
+ORDERS = ("second", "first")
 
 
 @dataclass
@@ -102,6 +103,11 @@ class AttentionMechanism:
             train-mode BatchNorm sits between the layer and the output, where batch statistics add
             cross-sample terms of order 1/B. ``"per_sample"`` removes them with one backward row per sample
             (cost grows with B², for small batches and checks).
+        order: ``"second"`` (exact): the training maps are differentiated through the channel weights too,
+            which are themselves gradients, so the loss's backward is a second-order one. ``"first"``: the
+            channel weights are held constant (computed without a graph) and the maps train the network
+            through the activations only, as other ICASC and Grad-CAM-guided implementations do; the
+            backward is first order and cheaper. Evaluation maps (``create_graph=False``) are identical.
     """
 
     def __init__(
@@ -111,6 +117,7 @@ class AttentionMechanism:
         last_layer: str,
         method: str = "ach",
         grad_mode: str = "batch",
+        order: str = "second",
     ) -> None:
         if method not in ATTENTION_METHODS:
             raise ValueError(
@@ -118,7 +125,10 @@ class AttentionMechanism:
             )
         if grad_mode not in GRAD_MODES:
             raise ValueError(f"unknown grad_mode {grad_mode!r}; choose one of {list(GRAD_MODES)}")
+        if order not in ORDERS:
+            raise ValueError(f"unknown order {order!r}; choose one of {list(ORDERS)}")
         self.model = model
+        self.order = order
         self.layers = {"inner": inner_layer, "last": last_layer}
         self.method = method
         self.map_fn = ATTENTION_METHODS[method]
@@ -129,7 +139,7 @@ class AttentionMechanism:
     def __repr__(self) -> str:
         return (
             f"AttentionMechanism(method={self.method!r}, inner={self.layers['inner']!r}, "
-            f"last={self.layers['last']!r}, grad_mode={self.grad_mode!r})"
+            f"last={self.layers['last']!r}, grad_mode={self.grad_mode!r}, order={self.order!r})"
         )
 
     def __call__(
@@ -140,7 +150,8 @@ class AttentionMechanism:
         Args:
             images: ``[B, 3, H, W]``.
             targets: ``[B]`` class indices or ``[B, C]`` multi-hot.
-            create_graph: Keep the graph of the gradients (training). ``False`` for evaluation maps.
+            create_graph: Maps that train the network (training): differentiable through the activations,
+                and with ``order="second"`` through the channel weights too. ``False`` for evaluation maps.
 
         Returns:
             An :class:`AttentionOutput`.
@@ -157,7 +168,10 @@ class AttentionMechanism:
         if logits.dim() != 2:
             raise ValueError(f"the model must return [B, C] logits, got shape {tuple(logits.shape)}")
         target_w, confusing_w, valid = select_classes(logits, targets)
-        grads = self._score_grads(logits, feats, target_w, confusing_w, create_graph)
+        second = create_graph and self.order == "second"
+        # First order keeps the forward graph (the loss backpropagates through the activations) but builds
+        # no graph of the gradients: the channel weights are constants.
+        grads = self._score_grads(logits, feats, target_w, confusing_w, second, retain_graph=create_graph)
         target_maps, confusing_maps = {}, {}
         for key, feat, grad in zip(self.layers, feats, grads):
             target_maps[key] = self.map_fn(feat, grad[0])
@@ -171,6 +185,7 @@ class AttentionMechanism:
         target_w: torch.Tensor,
         confusing_w: torch.Tensor,
         create_graph: bool,
+        retain_graph: bool,
     ) -> list[torch.Tensor]:
         """``[2, B, K, h, w]`` per layer: d(score)/d(features) for the true (0) and confusing (1) class."""
         if self.grad_mode == "batch":
@@ -181,7 +196,12 @@ class AttentionMechanism:
             eye = torch.eye(b, dtype=logits.dtype, device=logits.device)
             grad_outputs = torch.cat([eye[:, :, None] * target_w, eye[:, :, None] * confusing_w])
         grads = torch.autograd.grad(
-            logits, feats, grad_outputs=grad_outputs, is_grads_batched=True, create_graph=create_graph
+            logits,
+            feats,
+            grad_outputs=grad_outputs,
+            is_grads_batched=True,
+            create_graph=create_graph,
+            retain_graph=retain_graph or create_graph,
         )
         if self.grad_mode == "batch":
             return list(grads)

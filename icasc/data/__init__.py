@@ -1,4 +1,5 @@
-"""Datasets and data modules: the embedded synthetic default and the ICASC paper's five benchmarks.
+"""Datasets and data modules: the embedded synthetic default, the ICASC paper's five benchmarks and
+Fashion-MNIST (real images offline, optionally cluttered).
 
 Every datamodule yields dict batches (``"image"``, ``"target"``, and ``"box"`` where the data has one object
 box per image) and exposes what the model and the tasks read: ``num_classes``, ``class_names``,
@@ -9,7 +10,9 @@ processes).
 from icasc.data.base import DictDataModule
 from icasc.data.caltech256 import Caltech256DataModule
 from icasc.data.cifar100 import CIFAR100DataModule
+from icasc.data.clutter import CentredDataset, ClutteredDataset
 from icasc.data.cub200 import CUB200DataModule
+from icasc.data.fashion_mnist import FashionMNISTDataModule
 from icasc.data.imagenet import ImageNetDataModule
 from icasc.data.synthetic import SyntheticDataModule, SyntheticShapes
 from icasc.data.voc2012 import VOC_CLASSES, VOC2012DataModule
@@ -19,7 +22,10 @@ __all__ = [
     "CIFAR100DataModule",
     "CUB200DataModule",
     "Caltech256DataModule",
+    "CentredDataset",
+    "ClutteredDataset",
     "DictDataModule",
+    "FashionMNISTDataModule",
     "ImageNetDataModule",
     "SyntheticDataModule",
     "SyntheticShapes",

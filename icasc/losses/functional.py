@@ -9,7 +9,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["attention_consistency", "attention_separation", "resize_map", "target_mask"]
+__all__ = [
+    "SEPARATION_GRADIENTS",
+    "attention_consistency",
+    "attention_ramp",
+    "attention_separation",
+    "resize_map",
+    "target_mask",
+]
+
+SEPARATION_GRADIENTS = ("paper", "confusing")
 
 
 def _check_maps(*maps: torch.Tensor) -> None:
@@ -71,10 +80,22 @@ def attention_separation(
     mask: torch.Tensor,
     valid: torch.Tensor | None = None,
     eps: float = 1e-8,
+    gradient: str = "paper",
 ) -> torch.Tensor:
     """Attention separation loss L_AS (Eq. 3), per sample, then the mean over the batch.
 
     ``L_AS = 2 * sum_ij min(A^T_ij, A^Conf_ij) * Mask_ij / sum_ij (A^T_ij + A^Conf_ij)``, in ``[0, 1]``.
+
+    ``gradient`` chooses where the descent of that value goes; the value is the same:
+
+    - ``"paper"``: the plain derivative of Eq. 3. At a masked pixel it lowers whichever map is smaller, so
+      where the confusing map dominates the object the *true* map is lowered; and the denominator's
+      derivative raises both maps at every pixel, the background included. Both move the true-class map off
+      the object (measured: README, "Why ICASC hurt").
+    - ``"confusing"``: the true map and the denominator are constants and the ``min`` passes its gradient to
+      the confusing map at every pixel (a straight-through min), i.e. the descent of
+      ``2 * sum_ij A^Conf_ij * Mask_ij / sum_ij (A^T_ij + A^Conf_ij)``: the confusing class's attention is
+      pushed out of the true class's region and the true-class map is left where classification puts it.
 
     Args:
         a_t: True-class map ``[B, h, w]``.
@@ -82,13 +103,23 @@ def attention_separation(
         mask: Target region (Eq. 4) at the same resolution ``[B, h, w]``.
         valid: Optional ``[B]`` bool; samples without a confusing class are left out of the mean.
         eps: Added to the denominator.
+        gradient: ``"paper"`` or ``"confusing"``.
 
     Returns:
         Scalar loss.
     """
     _check_maps(a_t, a_conf, mask)
-    overlap = (torch.minimum(a_t, a_conf) * mask).sum(dim=(1, 2))
+    if gradient not in SEPARATION_GRADIENTS:
+        raise ValueError(f"gradient must be one of {SEPARATION_GRADIENTS}, got {gradient!r}")
+    smaller = torch.minimum(a_t, a_conf)
+    if gradient == "confusing":
+        # value of min(A^T, A^Conf), derivative 1 with respect to A^Conf and 0 with respect to A^T
+        smaller = a_conf + (smaller - a_conf).detach()
+        a_t = a_t.detach()
+    overlap = (smaller * mask).sum(dim=(1, 2))
     total = (a_t + a_conf).sum(dim=(1, 2))
+    if gradient == "confusing":
+        total = total.detach()
     return _batch_mean(2.0 * overlap / (total + eps), valid)
 
 
@@ -113,6 +144,28 @@ def attention_consistency(
     _check_maps(a_in, mask)
     inside = (a_in * mask).sum(dim=(1, 2)) / (a_in.sum(dim=(1, 2)) + eps)
     return (theta - inside).mean()
+
+
+def attention_ramp(epoch: float, warmup_epochs: float = 0.0, ramp_epochs: float = 0.0) -> float:
+    """Factor of the attention terms at a (fractional) training epoch: a warm-up, then a linear ramp.
+
+    ``0`` before ``warmup_epochs``; then rising linearly to ``1`` over ``ramp_epochs``; ``1`` after. With both
+    at 0 (the paper) the terms are on from the first step.
+
+    Args:
+        epoch: Epochs trained so far, fractional (``epoch + batch / batches_per_epoch``).
+        warmup_epochs: Epochs of classification loss alone.
+        ramp_epochs: Epochs over which the factor grows from 0 to 1 after the warm-up.
+
+    Returns:
+        A float in ``[0, 1]``.
+    """
+    progress = epoch - warmup_epochs
+    if progress < 0:
+        return 0.0
+    if ramp_epochs <= 0:
+        return 1.0
+    return min(1.0, progress / ramp_epochs)
 
 
 def resize_map(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -10,7 +10,14 @@ import torch.nn.functional as F
 
 from icasc.attention.functional import max_normalize
 from icasc.attention.mechanism import AttentionOutput
-from icasc.losses.functional import attention_consistency, attention_separation, resize_map, target_mask
+from icasc.losses.functional import (
+    SEPARATION_GRADIENTS,
+    attention_consistency,
+    attention_ramp,
+    attention_separation,
+    resize_map,
+    target_mask,
+)
 
 __all__ = ["DEFAULT_WEIGHTS", "ICASCLoss"]
 
@@ -44,6 +51,12 @@ class ICASCLoss:
             bilinearly; ``"map"`` resizes the last-layer true-class map and thresholds it there (sharper).
         mask_relative: See :func:`~icasc.losses.functional.target_mask` (matters only with
             ``normalize="none"``).
+        separation_gradient: Where the descent of L_AS goes (:func:`~icasc.losses.functional.
+            attention_separation`): ``"paper"`` (the derivative of Eq. 3) or ``"confusing"`` (only the
+            confusing map moves, out of the true class's region).
+        warmup_epochs: Epochs trained with L_C alone before the attention terms start (no maps computed).
+        ramp_epochs: Epochs over which the attention weights then grow linearly from 0 to their value
+            (:func:`~icasc.losses.functional.attention_ramp`).
         eps: Epsilon of every denominator.
     """
 
@@ -58,6 +71,9 @@ class ICASCLoss:
         detach_mask: bool = True,
         mask_resize: str = "mask",
         mask_relative: bool = True,
+        separation_gradient: str = "paper",
+        warmup_epochs: float = 0.0,
+        ramp_epochs: float = 0.0,
         eps: float = 1e-8,
     ) -> None:
         weights = dict(weights or {})
@@ -71,6 +87,15 @@ class ICASCLoss:
             raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
         if mask_resize not in MASK_RESIZE:
             raise ValueError(f"mask_resize must be one of {MASK_RESIZE}, got {mask_resize!r}")
+        if separation_gradient not in SEPARATION_GRADIENTS:
+            raise ValueError(
+                f"separation_gradient must be one of {SEPARATION_GRADIENTS}, got {separation_gradient!r}"
+            )
+        for name, value in (("warmup_epochs", warmup_epochs), ("ramp_epochs", ramp_epochs)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"model.loss.{name} must be a number >= 0 (epochs), got {value!r}")
+        self.separation_gradient = separation_gradient
+        self.warmup_epochs, self.ramp_epochs = float(warmup_epochs), float(ramp_epochs)
         self.sigma, self.omega, self.theta, self.eps = sigma, omega, theta, eps
         self.multilabel = multilabel
         self.normalize = normalize
@@ -90,6 +115,9 @@ class ICASCLoss:
             "detach_mask": self.detach_mask,
             "mask_resize": self.mask_resize,
             "mask_relative": self.mask_relative,
+            "separation_gradient": self.separation_gradient,
+            "warmup_epochs": self.warmup_epochs,
+            "ramp_epochs": self.ramp_epochs,
             "eps": self.eps,
         }
 
@@ -97,6 +125,10 @@ class ICASCLoss:
     def attention_enabled(self) -> bool:
         """Whether any attention term is on (False: the baseline, no attention maps are needed)."""
         return any(w > 0 for w in self.weights.values())
+
+    def attention_scale(self, epoch: float) -> float:
+        """Factor of the attention weights at a fractional training ``epoch`` (warm-up, then ramp)."""
+        return attention_ramp(epoch, self.warmup_epochs, self.ramp_epochs)
 
     def __repr__(self) -> str:
         return (
@@ -146,13 +178,12 @@ class ICASCLoss:
         mask_last, mask_inner = self.masks(maps_t["last"], tuple(maps_t["inner"].shape[-2:]))
         return maps_t, maps_c, mask_last, mask_inner
 
-    def attention_overlap(self, attention: AttentionOutput) -> torch.Tensor:
-        """L_AS at the last layer (Eq. 3), whatever its weight: the overlap metric of validation."""
-        maps_t, maps_c, mask_last, _ = self.prepare(attention)
-        return attention_separation(maps_t["last"], maps_c["last"], mask_last, attention.valid, self.eps)
-
     def __call__(
-        self, logits: torch.Tensor, targets: torch.Tensor, attention: AttentionOutput | None = None
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        attention: AttentionOutput | None = None,
+        scale: float = 1.0,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Total loss and its terms.
 
@@ -161,6 +192,8 @@ class ICASCLoss:
             targets: ``[B]`` class indices or ``[B, C]`` multi-hot.
             attention: Maps from :class:`~icasc.attention.AttentionMechanism`; required when any attention
                 weight is positive.
+            scale: Factor of every attention weight (:meth:`attention_scale` in training); the terms are
+                still computed and returned at ``scale=0``.
 
         Returns:
             ``(total, terms)`` where ``terms`` holds ``classification`` and each enabled attention term
@@ -176,15 +209,20 @@ class ICASCLoss:
         w = self.weights
         if w["separation_inner"] > 0:
             terms["separation_inner"] = attention_separation(
-                maps_t["inner"], maps_c["inner"], mask_inner, attention.valid, self.eps
+                maps_t["inner"],
+                maps_c["inner"],
+                mask_inner,
+                attention.valid,
+                self.eps,
+                self.separation_gradient,
             )
         if w["separation_last"] > 0:
             terms["separation_last"] = attention_separation(
-                maps_t["last"], maps_c["last"], mask_last, attention.valid, self.eps
+                maps_t["last"], maps_c["last"], mask_last, attention.valid, self.eps, self.separation_gradient
             )
         if w["consistency"] > 0:
             terms["consistency"] = attention_consistency(maps_t["inner"], mask_inner, self.theta, self.eps)
         for name in DEFAULT_WEIGHTS:
             if name in terms:
-                total = total + w[name] * terms[name]
+                total = total + scale * w[name] * terms[name]
         return total, terms

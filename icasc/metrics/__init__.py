@@ -7,8 +7,12 @@
   :func:`class_probabilities`, :class:`KSStatistic`.
 - Faithfulness vs occlusion (Grad-CAM §5.3): :func:`spearman`, :func:`faithfulness`, :class:`Faithfulness`.
 - Sanity check (Group-CAM §4.5): :func:`sanity_check`, :func:`ssim`.
+- Attention diagnostics per map (mass inside the box, peakedness, pointing game): :func:`mass_in_box`,
+  :func:`peakedness`, :func:`attention_stats`; the overlap of the true and the most confusing class's maps
+  (ICASC Eq. 3 as a fixed yardstick): :func:`attention_overlap`.
 """
 
+from icasc.metrics.attention_stats import attention_overlap, attention_stats, mass_in_box, peakedness
 from icasc.metrics.faithfulness import Faithfulness, faithfulness, rankdata, spearman
 from icasc.metrics.insertion_deletion import (
     InsertionDeletion,
@@ -41,6 +45,8 @@ __all__ = [
     "KSStatistic",
     "LocalizationError",
     "PointingGame",
+    "attention_overlap",
+    "attention_stats",
     "box_iou",
     "class_probabilities",
     "connected_components",
@@ -53,8 +59,10 @@ __all__ = [
     "largest_component_boxes",
     "localization_correct",
     "localization_error",
+    "mass_in_box",
     "most_confused",
     "parameter_layers",
+    "peakedness",
     "pointing_game_hits",
     "rankdata",
     "sanity_check",

@@ -10,7 +10,10 @@ Accuracy is ``#hits / (#hits + #misses)`` per category, and the reported score i
 categories (Group-CAM §4.4).
 
 This is the one definition every place uses: training/validation logging (``ICASCModule``), ``-cn eval`` and
-``-cn explain``; ``None`` (``null`` in the configs) means :data:`POINTING_TOLERANCE`.
+``-cn explain``. A model carries its tolerance (``ICASCModule(pointing_tolerance=...)``, recorded in its
+checkpoint and export); ``-cn eval`` and ``-cn explain`` use the model's unless the config overrides it
+(``pointing_tolerance: null`` means the model's, :func:`resolve_tolerance`), so a model is scored with the
+tolerance it was validated with. :data:`POINTING_TOLERANCE` is the default of a model that records none.
 
 Boxes are ``(x0, y0, x1, y1)`` in pixel-edge coordinates: pixel ``(row i, col j)`` covers
 ``[j, j+1) x [i, i+1)`` and is represented by its centre ``(j + 0.5, i + 0.5)``.
@@ -31,11 +34,13 @@ POINTING_TOLERANCE = 0.0
 """Default hit tolerance in input pixels: 0, a hit is the maximum *inside* a box (Group-CAM §4.4)."""
 
 
-def resolve_tolerance(tolerance: float | None) -> float:
-    """The tolerance in pixels: ``None`` means :data:`POINTING_TOLERANCE`; negative values are refused.
+def resolve_tolerance(tolerance: float | None, model_tolerance: float | None = None) -> float:
+    """The tolerance in pixels: ``tolerance``, else the model's, else :data:`POINTING_TOLERANCE`.
 
     Args:
-        tolerance: Pixels, or ``None`` for the default.
+        tolerance: Pixels, or ``None`` for the model's (a config's ``null``).
+        model_tolerance: The tolerance the model records (checkpoint hyper-parameter or model card), or
+            ``None`` when it records none.
 
     Returns:
         The tolerance as a float.
@@ -44,7 +49,9 @@ def resolve_tolerance(tolerance: float | None) -> float:
         ValueError: A negative or non-numeric tolerance.
     """
     if tolerance is None:
-        return POINTING_TOLERANCE
+        if model_tolerance is None:
+            return POINTING_TOLERANCE
+        tolerance = model_tolerance
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
         raise ValueError(
             f"tolerance must be >= 0 pixels or None (the default, {POINTING_TOLERANCE}), got {tolerance!r}"

@@ -130,7 +130,9 @@ def load_classifier(path: str | Path, map_location: str = "cpu") -> tuple[nn.Mod
         ``(model, info)``; ``info`` holds ``num_classes``, ``attention_layers`` (``{"inner", "last"}``),
         ``backbone`` (registry name) and ``backbone_kwargs`` (build arguments, without ``weights``) and,
         for exports, the card's ``input`` (``image_size``, ``mean``, ``std``), ``class_names`` and
-        ``init_from`` (the weights the run started from, ``None`` when it trained from scratch).
+        ``init_from`` (the weights the run started from, ``None`` when it trained from scratch), and
+        ``pointing_tolerance``: the pointing-game tolerance the model was validated with (``None`` for an
+        export whose card does not record it).
 
     Raises:
         FileNotFoundError: Nothing at ``path``.
@@ -144,6 +146,7 @@ def load_classifier(path: str | Path, map_location: str = "cpu") -> tuple[nn.Mod
             "attention_layers": dict(module.attention.layers),
             "backbone": spec.pop("name"),
             "backbone_kwargs": {k: v for k, v in spec.items() if k != "weights"},
+            "pointing_tolerance": module.pointing_tolerance,
         }
     else:
         info = {
@@ -154,6 +157,7 @@ def load_classifier(path: str | Path, map_location: str = "cpu") -> tuple[nn.Mod
             "backbone": card["backbone"],
             "backbone_kwargs": dict(card.get("backbone_kwargs") or {}),
             "init_from": card.get("init_from"),
+            "pointing_tolerance": card.get("pointing_tolerance"),  # None: a card from before it was recorded
         }
     return model.eval(), info
 

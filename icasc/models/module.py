@@ -13,10 +13,11 @@ from torch import nn
 from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAUROC, MultilabelAveragePrecision
 
-from icasc.attention.mechanism import AttentionMechanism
+from icasc.attention.mechanism import AttentionMechanism, AttentionOutput
 from icasc.losses.icasc import ICASCLoss
+from icasc.metrics.attention_stats import attention_overlap, attention_stats
 from icasc.metrics.ks import KSStatistic
-from icasc.metrics.pointing_game import POINTING_TOLERANCE, pointing_game_hits
+from icasc.metrics.pointing_game import POINTING_TOLERANCE
 from icasc.models.backbones import build_backbone, default_attention_layers
 from icasc.models.hparams import build_factory, factory_spec, plain
 
@@ -24,6 +25,22 @@ __all__ = ["ICASCModule", "crop_average_logits"]
 
 # Logged at the end of the epoch from their computed value (KS) or not logged at all (per-class AP).
 _EPOCH_END_METRICS = ("ks", "class_ap")
+
+# Attention diagnostics of evaluation: {stage}/attn_{layer}_{class}_{stat} (icasc.metrics.attention_stats),
+# for the true ("true") and the most confusing ("conf") class. The box statistics need batches with "box".
+_ATTENTION_LAYERS = ("inner", "last")
+_ATTENTION_CLASSES = ("true", "conf")
+_BOX_STATS = ("in_box", "pointing")
+_ATTENTION_STATS = (*_BOX_STATS, "peak")
+_BOX_METRICS = frozenset(
+    ["pointing_game"]
+    + [
+        f"attn_{layer}_{kind}_{stat}"
+        for layer in _ATTENTION_LAYERS
+        for kind in _ATTENTION_CLASSES
+        for stat in _BOX_STATS
+    ]
+)
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -77,15 +94,23 @@ def crop_average_logits(logits: torch.Tensor, multilabel: bool = False) -> torch
     return log_p - log_not_p
 
 
+_ATTENTION_DEFAULTS = {
+    "method": "ach",
+    "inner_layer": None,
+    "last_layer": None,
+    "grad_mode": "batch",
+    "order": "second",
+}
+
+
 def _attention_spec(attention: str | Mapping[str, Any]) -> dict[str, Any]:
     spec = {"method": attention} if isinstance(attention, str) else dict(attention)
-    unknown = set(spec) - {"method", "inner_layer", "last_layer", "grad_mode"}
+    unknown = set(spec) - set(_ATTENTION_DEFAULTS)
     if unknown:
         raise ValueError(
-            f"unknown attention option(s) {sorted(unknown)}; "
-            "valid: method, inner_layer, last_layer, grad_mode"
+            f"unknown attention option(s) {sorted(unknown)}; valid: {', '.join(_ATTENTION_DEFAULTS)}"
         )
-    return {"method": "ach", "inner_layer": None, "last_layer": None, "grad_mode": "batch", **spec}
+    return {**_ATTENTION_DEFAULTS, **spec}
 
 
 class ICASCModule(L.LightningModule):
@@ -104,8 +129,8 @@ class ICASCModule(L.LightningModule):
         num_classes: Number of classes.
         loss: The objective, or its ``config()`` mapping; default ``ICASCLoss()`` (all terms at weight 1).
         attention: ``"ach"`` (A_ch, Eq. 2) or ``"gradcam"`` (Eq. 1), or a mapping with ``method``,
-            ``inner_layer``, ``last_layer`` (``None``: the backbone's defaults) and ``grad_mode`` (see
-            :class:`~icasc.attention.AttentionMechanism`).
+            ``inner_layer``, ``last_layer`` (``None``: the backbone's defaults), ``grad_mode`` and ``order``
+            (see :class:`~icasc.attention.AttentionMechanism`).
         optimizer: Factory ``params -> Optimizer`` (e.g. ``functools.partial(torch.optim.SGD, lr=0.1)``), or
             the plain record a checkpoint holds (:func:`~icasc.models.hparams.factory_spec`).
         scheduler: Optional factory ``optimizer -> LR scheduler``, stepped every epoch (or its record).
@@ -119,9 +144,14 @@ class ICASCModule(L.LightningModule):
     with ``ks_threshold``, the probability where it occurs) for single-label data, ``{stage}/map`` and
     ``auc`` (both macro over the classes) for multi-label data, plus the loss terms, ``attention_overlap``
     and ``pointing_game``. The per-class AP (``class_ap``) is computed but not logged; read it with
-    :meth:`compute_metrics`. Batches whose ``"image"`` is ``[B, n_crops, 3, H, W]`` (ten-crop) are scored
-    on the crop-averaged probabilities (:func:`crop_average_logits`; the loss is the classification loss of
-    that average) and add nothing to the attention metrics (there are no boxes for crops).
+    :meth:`compute_metrics`. Attention diagnostics (:mod:`icasc.metrics.attention_stats`), read from the
+    maps already computed for the overlap, are logged as ``{stage}/attn_{layer}_{class}_{stat}`` with
+    ``layer`` ``inner`` or ``last``, ``class`` ``true`` or ``conf`` (the most confusing class; samples
+    without one are left out) and ``stat`` ``peak`` (every batch), ``in_box`` and ``pointing`` (batches with
+    a ``"box"``); ``pointing_game`` is ``attn_last_true_pointing``. Batches whose ``"image"`` is
+    ``[B, n_crops, 3, H, W]`` (ten-crop) are scored on the crop-averaged probabilities
+    (:func:`crop_average_logits`; the loss is the classification loss of that average) and add nothing to
+    the attention metrics (there are no boxes for crops).
     """
 
     def __init__(
@@ -202,6 +232,10 @@ class ICASCModule(L.LightningModule):
             metrics = self._score_metrics(stage)
             metrics["attention_overlap"] = MeanMetric()
             metrics["pointing_game"] = MeanMetric()
+            for layer in _ATTENTION_LAYERS:
+                for kind in _ATTENTION_CLASSES:
+                    for stat in _ATTENTION_STATS:
+                        metrics[f"attn_{layer}_{kind}_{stat}"] = MeanMetric()
             setattr(self, f"{stage}_metrics", nn.ModuleDict(metrics))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -246,26 +280,41 @@ class ICASCModule(L.LightningModule):
         )
 
     def compute_loss(
-        self, images: torch.Tensor, targets: torch.Tensor
+        self, images: torch.Tensor, targets: torch.Tensor, scale: float = 1.0
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """One training forward: ``(total loss, unweighted terms, logits)``.
 
-        The attention maps (and their gradient graph) are only computed when an attention term is on.
+        The attention maps (and their gradient graph) are only computed when an attention term is on and
+        ``scale`` (the factor of the attention weights, :meth:`attention_scale`) is positive.
         """
-        if self.loss.attention_enabled:
+        if self.loss.attention_enabled and scale > 0:
             out = self.attention(images, targets, create_graph=True)
             logits = out.logits
         else:
             out, logits = None, self.backbone(images)
-        total, terms = self.loss(logits, targets, out)
+            if self.loss.attention_enabled:  # warm-up: L_C alone, as the baseline computes it
+                terms = {"classification": self.loss.classification(logits, targets)}
+                return terms["classification"], terms, logits
+        total, terms = self.loss(logits, targets, out, scale=scale)
         return total, terms, logits
+
+    def attention_scale(self, batch_idx: int) -> float:
+        """The loss's warm-up/ramp factor at this training step (1 outside a fit)."""
+        if self._trainer is None:
+            return 1.0
+        batches = self.trainer.num_training_batches
+        fraction = batch_idx / batches if math.isfinite(batches) and batches > 0 else 0.0
+        return self.loss.attention_scale(self.current_epoch + fraction)
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, targets = batch["image"], batch["target"]
-        total, terms, logits = self.compute_loss(images, targets)
+        scale = self.attention_scale(batch_idx)
+        total, terms, logits = self.compute_loss(images, targets, scale)
         self._check_finite({**terms, "total": total}, "training", batch_idx)
         batch_size = images.shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
+        if self.loss.warmup_epochs or self.loss.ramp_epochs:
+            self.log("train/attention_scale", scale, batch_size=batch_size)
         for name, value in terms.items():
             self.log(f"train/{name}", value, batch_size=batch_size)
         for name, metric in self.train_metrics.items():
@@ -339,7 +388,7 @@ class ICASCModule(L.LightningModule):
         for name, metric in metrics.items():
             if name in _EPOCH_END_METRICS or not metric.update_called:
                 continue
-            if name == "pointing_game" and "box" not in batch:
+            if name in _BOX_METRICS and "box" not in batch:
                 continue
             self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "top1")
 
@@ -357,13 +406,27 @@ class ICASCModule(L.LightningModule):
         if out is None:
             return probs
         # Weighted by batch size, so a short last batch counts per sample like the others.
-        metrics["attention_overlap"].update(self.loss.attention_overlap(out), weight=logits.shape[0])
-        if "box" in batch:
-            hits = pointing_game_hits(
-                out.target["last"], batch["box"], tuple(batch["image"].shape[-2:]), self.pointing_tolerance
-            )
-            metrics["pointing_game"].update(hits.float())
+        overlap = attention_overlap(out.target["last"], out.confusing["last"], out.valid)
+        metrics["attention_overlap"].update(overlap, weight=logits.shape[0])
+        self._update_attention_stats(metrics, out, batch)
         return probs
+
+    def _update_attention_stats(
+        self, metrics: nn.ModuleDict, out: AttentionOutput, batch: Mapping[str, torch.Tensor]
+    ) -> None:
+        # Per-sample values, so the means weigh every sample alike whatever the batch size.
+        boxes, size = batch.get("box"), tuple(batch["image"].shape[-2:])
+        for layer in _ATTENTION_LAYERS:
+            for kind, maps in (("true", out.target[layer]), ("conf", out.confusing[layer])):
+                stats = attention_stats(maps, size, boxes, self.pointing_tolerance)
+                if kind == "true" and layer == "last" and boxes is not None:
+                    # pointing_game is attn_last_true_pointing: the same hits, computed once
+                    metrics["pointing_game"].update(stats["pointing"])
+                for stat, values in stats.items():
+                    if kind == "conf":  # samples without a confusing class (multi-label) have no such map
+                        values = values[out.valid.to(values.device)]
+                    if values.numel():
+                        metrics[f"attn_{layer}_{kind}_{stat}"].update(values)
 
     def compute_metrics(self, stage: str = "test") -> dict[str, Any]:
         """The ``stage``'s metrics over everything scored since their last reset (synced under DDP).
@@ -371,7 +434,7 @@ class ICASCModule(L.LightningModule):
         Returns:
             ``{name: float}`` for the scalar metrics that saw data (``top1``, ``top5``, ``ks``,
             ``ks_threshold`` and the int ``ks_sign`` / ``map``, ``auc``; ``attention_overlap``,
-            ``pointing_game``) and
+            ``pointing_game``, ``attn_{layer}_{class}_{stat}``) and
             ``class_ap``: ``[C]`` per-class average precision (multi-label; 0 for a class without positives,
             as torchmetrics computes it).
         """

@@ -3,9 +3,10 @@
 ``python train.py -cn eval ckpt_path=<.ckpt | export dir | model.safetensors> [data=...] [split=test|val]``
 scores the model with the metrics of :class:`~icasc.models.ICASCModule` (the same code as its validation and
 test steps: top-1/top-5 and the KS statistic of ICASC Fig. 9, or mAP, AUC and per-class AP for multi-label
-data; attention overlap and pointing game where the batches allow) and writes, under the run directory,
-``report.json``, ``report.md``, ``ks_chart.png`` (single-label) and ``gallery.png``: the attention maps of the
-most confused images (smallest margin between the true class's and the most confusing class's probability).
+data; attention overlap, pointing game and the per-layer attention diagnostics where the batches allow) and
+writes, under the run directory, ``report.json``, ``report.md``, ``ks_chart.png`` (single-label) and
+``gallery.png``: the attention maps of the most confused images (smallest margin between the true class's and
+the most confusing class's probability).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from icasc.data.transforms import centre_view
+from icasc.losses.diagnostics import descent_effects
 from icasc.losses.icasc import ICASCLoss
 from icasc.metrics.ks import class_probabilities, most_confused
 from icasc.metrics.pointing_game import resolve_tolerance
@@ -33,7 +35,7 @@ from icasc.saliency.base import normalize
 from icasc.saliency.registry import LAYER_METHODS, build_method
 from icasc.visualize import confusion_gallery, denormalize, ks_figure
 
-__all__ = ["evaluate_module", "load_module", "report_markdown", "run"]
+__all__ = ["evaluate_module", "load_module", "mean_descent_effects", "report_markdown", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,7 @@ def load_module(path: str | Path, multilabel: bool | None = None) -> tuple[ICASC
                 "inner_layer": layers.get("inner"),
                 "last_layer": layers.get("last"),
             },
+            pointing_tolerance=resolve_tolerance(None, card.get("pointing_tolerance")),
         )
         module.backbone.load_state_dict(model.state_dict(), strict=True)
     info = {
@@ -161,6 +164,72 @@ def evaluate_module(
     metrics = module.compute_metrics(stage)
     metrics.update({name: value / count for name, value in sums.items()})
     return {"metrics": metrics, "probs": torch.cat(probs), "targets": torch.cat(targets), "num_images": count}
+
+
+def mean_descent_effects(
+    module: ICASCModule,
+    loader: DataLoader,
+    num_images: int,
+    loss_overrides: Mapping[str, Any] | None = None,
+    device: str | torch.device = "auto",
+) -> dict[str, Any]:
+    """Mean over ``num_images`` images of what each ICASC term's descent does to each map's mass in the box.
+
+    See :func:`icasc.losses.diagnostics.descent_effects`: positive pulls the map onto the object, negative
+    pushes it off. The terms are those of the model's loss with ``loss_overrides`` (ICASCLoss arguments)
+    applied, so a baseline checkpoint shows what ICASC would do to it, and variants can be compared on one
+    model.
+
+    Raises:
+        ValueError: The batches carry no ``"box"`` (the effect is measured against the object's box).
+    """
+    loss = ICASCLoss(**{**module.loss.config(), **dict(loss_overrides or {})})
+    dev = _device(device)
+    module.to(dev).eval()
+    sums: dict[str, dict[str, float]] = {}
+    seen = 0
+    for batch in loader:
+        if "box" not in batch:
+            raise ValueError(
+                "descent_effects needs data with object boxes (batch['box']), e.g. data=synthetic or "
+                "data=fashion_mnist; set descent_effects.num_images=0 for this data"
+            )
+        take = min(num_images - seen, batch["image"].shape[0])
+        images, targets = batch["image"][:take].to(dev), batch["target"][:take].to(dev)
+        with torch.enable_grad():
+            out = module.attention(images, targets, create_graph=False)
+        effects = descent_effects(loss, out, targets, batch["box"][:take].to(dev), tuple(images.shape[-2:]))
+        for term, maps in effects.items():
+            for key, values in maps.items():
+                sums.setdefault(term, {}).setdefault(key, 0.0)
+                sums[term][key] += float(values.sum())
+        seen += take
+        if seen >= num_images:
+            break
+    return {
+        "images": seen,
+        "loss": loss.config(),
+        "effects": {term: {k: v / max(seen, 1) for k, v in maps.items()} for term, maps in sums.items()},
+    }
+
+
+def _descent_table(entry: Mapping[str, Any]) -> list[str]:
+    keys = ("true_inner", "true_last", "conf_inner", "conf_last")
+    loss = entry["loss"]
+    lines = [
+        "",
+        "## What each ICASC term does to the maps",
+        "",
+        f"Over {entry['images']} images: the change of each map's share of mass inside the box per unit step "
+        "down the term's gradient (positive: onto the object; negative: off it). Loss settings: "
+        f"normalize={loss['normalize']}, separation_gradient={loss['separation_gradient']}.",
+        "",
+        "| term | " + " | ".join(keys) + " |",
+        "|---|" + "---:|" * len(keys),
+    ]
+    for term, maps in entry["effects"].items():
+        lines.append(f"| {term} | " + " | ".join(f"{maps[k]:+.4f}" for k in keys) + " |")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------- figures
@@ -256,9 +325,52 @@ _LABELS = {
     "loss": ("loss", 1),
 }
 
+# The attention diagnostics (ICASCModule: attn_{layer}_{class}_{stat}), shown as one compact table.
+_ATTENTION_PREFIX = "attn_"
+_ATTENTION_CLASSES = {"true": "true", "conf": "most confusing"}
+_ATTENTION_COLUMNS = (
+    ("in_box", "mass in box (%)", 100),
+    ("pointing", "pointing game (%)", 100),
+    ("peak", "peakedness", 1),
+)
+
+
+def _attention_table(report: Mapping[str, Any]) -> list[str]:
+    """The ``## Attention diagnostics`` section of ``report.md``; empty without attention metrics."""
+    metrics = report["metrics"]
+    if not any(key.startswith(_ATTENTION_PREFIX) for key in metrics):
+        return []
+    layers = report["checkpoint"]["attention"]["layers"]
+    tolerance = report["settings"]["pointing_tolerance"]
+    lines = [
+        "",
+        "## Attention diagnostics",
+        "",
+        "Means over the images, for the model's attention maps of the true and the most confusing class: the "
+        "share of the map's mass inside the object's box, the pointing game "
+        f"(tolerance {tolerance:g} px) and the peakedness (1 − normalised entropy: 0 uniform, 1 one pixel). "
+        "Mass and pointing need boxes in the data.",
+        "",
+        "| layer | class | " + " | ".join(label for _, label, _ in _ATTENTION_COLUMNS) + " |",
+        "|---|---|" + "---:|" * len(_ATTENTION_COLUMNS),
+    ]
+    for layer in ("inner", "last"):
+        for kind, kind_label in _ATTENTION_CLASSES.items():
+            cells = []
+            for stat, _, scale in _ATTENTION_COLUMNS:
+                value = metrics.get(f"{_ATTENTION_PREFIX}{layer}_{kind}_{stat}")
+                if value is None:  # a box statistic on data without boxes
+                    cells.append("–")
+                elif scale == 100:
+                    cells.append(f"{value * scale:.2f}")
+                else:
+                    cells.append(f"{value:.4f}")
+            lines.append(f"| {layer} (`{layers[layer]}`) | {kind_label} | " + " | ".join(cells) + " |")
+    return lines
+
 
 def report_markdown(report: Mapping[str, Any]) -> str:
-    """``report.md``: the metrics table, the per-class AP table (multi-label) and the figures."""
+    """``report.md``: the metrics, the attention diagnostics, per-class AP (multi-label) and the figures."""
     ckpt, data, metrics = report["checkpoint"], report["data"], report["metrics"]
     lines = [
         "# Evaluation report",
@@ -271,7 +383,7 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         "|---|---:|",
     ]
     for key, value in metrics.items():
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) or key.startswith(_ATTENTION_PREFIX):
             continue
         label, scale = _LABELS.get(key, (key, 1))
         if isinstance(value, int):
@@ -280,6 +392,9 @@ def report_markdown(report: Mapping[str, Any]) -> str:
             lines.append(
                 f"| {label} | {value * scale:.2f} |" if scale == 100 else f"| {label} | {value:.4f} |"
             )
+    lines += _attention_table(report)
+    if "descent_effects" in report:
+        lines += _descent_table(report["descent_effects"])
     files = report["files"]
     if "ks_chart" in files:
         lines += ["", "## KS chart", "", f"![KS chart]({files['ks_chart']})"]
@@ -355,8 +470,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule = hydra.utils.instantiate(cfg.data)
     module, info = load_module(path, getattr(datamodule, "multilabel", None))
     _check_data(module, datamodule, path, cfg)
-    if cfg.get("pointing_tolerance") is not None:  # null: the checkpoint's (default POINTING_TOLERANCE)
-        module.pointing_tolerance = resolve_tolerance(cfg.pointing_tolerance)
+    # null: the model's own (checkpoint hyper-parameter or model card), as -cn explain
+    module.pointing_tolerance = resolve_tolerance(cfg.get("pointing_tolerance"), module.pointing_tolerance)
     module.val_attention = bool(cfg.get("attention_metrics", True))
     gallery_cfg = cfg.get("gallery") or {}
     method = gallery_cfg.get("method") or module.attention.method
@@ -408,6 +523,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             true_p, confused_p, out / "ks_chart.png", f"KS chart · {split} split · {len(true_p)} images"
         )
         files["ks_chart"] = "ks_chart.png"
+    descent_cfg = cfg.get("descent_effects") or {}
+    if int(descent_cfg.get("num_images") or 0) > 0:
+        report["descent_effects"] = mean_descent_effects(
+            module,
+            loader,
+            int(descent_cfg["num_images"]),
+            OmegaConf.to_container(descent_cfg.loss, resolve=True) if descent_cfg.get("loss") else {},
+            cfg.get("device", "auto"),
+        )
     k = int(gallery_cfg.get("num_images") or 0)
     if k > 0:
         chosen = most_confused(probs, targets, k)

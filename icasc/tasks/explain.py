@@ -111,7 +111,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     methods = {name: build_method(name, model, layer, options.get(name)) for name in cfg.methods}
     out = Path(cfg.paths.output_dir)
     names, boxes, class_names = data["names"], data["boxes"], data["class_names"]
-    tolerance = resolve_tolerance(cfg.get("pointing_tolerance"))  # null: POINTING_TOLERANCE, as train/eval
+    # null: the tolerance the model was validated with (its checkpoint's or model card's), as -cn eval
+    tolerance = resolve_tolerance(cfg.get("pointing_tolerance"), info.get("pointing_tolerance"))
 
     def label(c: int) -> str:
         return class_names[c] if class_names else str(c)
@@ -165,7 +166,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 title = f"SmoothGrad {titles[scored]} − {titles['second']}"
                 difference_figure(pictures[i], diff, folder / "smoothgrad_difference.png", title)
     progress.close()
-    summary = _summarise(rows, methods, scored, layer, cfg)
+    summary = _summarise(rows, methods, scored, layer, tolerance, cfg)
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     with open(out / "metrics.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -176,7 +177,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-def _summarise(rows: list[dict[str, Any]], methods: dict, scored: str, layer: str, cfg: DictConfig) -> dict:
+def _summarise(
+    rows: list[dict[str, Any]], methods: dict, scored: str, layer: str, tolerance: float, cfg: DictConfig
+) -> dict:
     per_method = {}
     for name in methods:
         mine = [r for r in rows if r["method"] == name]
@@ -192,5 +195,5 @@ def _summarise(rows: list[dict[str, Any]], methods: dict, scored: str, layer: st
         "layer": layer,
         "ckpt_path": str(cfg.ckpt_path),
         "faithfulness": OmegaConf.to_container(cfg.faithfulness, resolve=True),
-        "pointing_tolerance": resolve_tolerance(cfg.get("pointing_tolerance")),
+        "pointing_tolerance": tolerance,
     }

@@ -64,6 +64,8 @@ def model_card(module: ICASCModule, datamodule: Any, metrics: Mapping[str, Any],
         },
         "attention": {"method": module.attention.method, "layers": dict(module.attention.layers)},
         "loss_weights": dict(module.loss.weights),
+        # the tolerance of the card's pointing_game, so -cn eval / explain score the export alike
+        "pointing_tolerance": float(module.pointing_tolerance),
         "metrics": dict(metrics),
         "config_hash": config_hash(OmegaConf.to_container(cfg, resolve=True)),
     }

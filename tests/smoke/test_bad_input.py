@@ -57,8 +57,8 @@ def test_non_finite_loss_stops_naming_step_and_term(monkeypatch, term):
     module.log = lambda *a, **k: None  # no trainer attached in this unit-level check
     original = ICASCLoss.__call__
 
-    def poisoned(self, logits, targets, attention=None):
-        total, terms = original(self, logits, targets, attention)
+    def poisoned(self, logits, targets, attention=None, scale=1.0):
+        total, terms = original(self, logits, targets, attention, scale)
         terms[term] = terms[term] * math.nan
         return total + terms[term], terms
 

@@ -134,6 +134,7 @@ def test_bench_step_prints_json_last_line():
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["baseline_s"] > 0 and result["icasc_s"] > 0
     assert result["ratio"] == pytest.approx(result["icasc_s"] / result["baseline_s"])
+    assert result["ratio_first"] == pytest.approx(result["icasc_first_s"] / result["baseline_s"])
     assert result["layers"] == {"inner": "layer1", "last": "layer2"}
 
 

@@ -26,6 +26,13 @@ SINGLE = [
     "classification",
     "attention_overlap",
     "pointing_game",
+    # the attention diagnostics, per layer and class (synthetic batches carry boxes)
+    *(
+        f"attn_{layer}_{kind}_{stat}"
+        for layer in ("inner", "last")
+        for kind in ("true", "conf")
+        for stat in ("in_box", "pointing", "peak")
+    ),
 ]
 
 
@@ -91,6 +98,7 @@ def test_eval_checkpoint_report_equals_trainer_test(trained, tmp_path):
         assert (tmp_path / name).stat().st_size > 0, name
     markdown = (tmp_path / "report.md").read_text()
     assert "| top-1 (%) |" in markdown and "![KS chart](ks_chart.png)" in markdown
+    assert "## Attention diagnostics" in markdown and "| last (`layer2`) | most confusing |" in markdown
     assert "![gallery](gallery.png)" in markdown
 
 
@@ -161,3 +169,26 @@ def test_eval_command_line(trained, tmp_path):
         and (tmp_path / "ks_chart.png").exists()
         and (tmp_path / "gallery.png").exists()
     )
+
+
+def test_eval_descent_effects_report_what_each_term_does_to_the_maps(trained, tmp_path):
+    ckpt = next((trained / "checkpoints").glob("epoch_*.ckpt"))
+    overrides = [f"ckpt_path={ckpt}", *FAST, "gallery.num_images=0", "descent_effects.num_images=20"]
+    paper = evaluate.run(
+        compose_config(
+            "eval", [*overrides, "+descent_effects.loss.separation_gradient=paper"], tmp_path / "paper"
+        )
+    )["report"]["descent_effects"]
+    routed = evaluate.run(
+        compose_config(
+            "eval", [*overrides, "+descent_effects.loss.separation_gradient=confusing"], tmp_path / "routed"
+        )
+    )["report"]["descent_effects"]
+    assert paper["images"] == 20 and paper["loss"]["separation_gradient"] == "paper"
+    assert set(paper["effects"]) == {"separation_inner", "separation_last", "consistency"}
+    # routed separation never moves the true-class maps; consistency moves only the inner true map
+    for term in ("separation_inner", "separation_last"):
+        assert routed["effects"][term]["true_inner"] == 0.0 and routed["effects"][term]["true_last"] == 0.0
+    assert paper["effects"]["consistency"]["conf_inner"] == 0.0
+    assert paper["effects"]["consistency"]["true_inner"] > 0
+    assert "## What each ICASC term does to the maps" in (tmp_path / "paper" / "report.md").read_text()

@@ -245,3 +245,21 @@ def test_imagenet_preset_runs_on_a_fake_tree(tmp_path, monkeypatch):
     card = json.loads((tmp_path / "run" / "export" / "model_card.json").read_text())
     assert card["init_from"] == "torchvision:IMAGENET1K_V1" and card["num_classes"] == 3
     assert card["input"] == {"image_size": 32, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+@pytest.mark.parametrize(
+    ("preset", "attention_terms"),
+    [("synthetic_finetune_icasc", True), ("synthetic_finetune_baseline", False)],
+)
+def test_icasc_fine_tuning_regime_and_its_control(train_cfg, tmp_path, preset, attention_terms):
+    """Continuing a converged model with ICASC, and the control: the same continuation without the losses."""
+    with pytest.raises(Exception, match="init_from"):
+        compose_train([f"experiment={preset}"], tiny=False).init_from  # noqa: B018 (resolving raises)
+    full = compose_train([f"experiment={preset}", "init_from=x.ckpt"], tiny=False)
+    assert full.trainer.max_epochs == 4 and full.model.scheduler.T_max == 4
+    base = _base_export(tmp_path / "base" / "export")
+    cfg = train_cfg(f"experiment={preset}", f"init_from={base}", "before_after.num_images=6", *QUIET)
+    assert cfg.model.optimizer.lr == pytest.approx(5e-3)
+    result = run(cfg)
+    assert result["before_after"]["sources"]["initial"] == str(base)
+    assert ("val/separation_last" in result["metrics"]) is attention_terms

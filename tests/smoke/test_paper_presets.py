@@ -111,6 +111,8 @@ def test_preset_has_the_papers_settings(preset):
     assert cfg.model.backbone.get("weights") is None  # pretrained weights come through init_from
     w = cfg.model.loss.weights
     assert (w.separation_inner, w.separation_last, w.consistency) == LOSSES[loss]
+    if loss != "baseline":  # the derivative of Eq. 3, as the paper trains
+        assert cfg.model.loss.separation_gradient == "paper"
     assert cfg.model.attention.method == attention
     if "layers" in expected:
         assert (cfg.model.attention.inner_layer, cfg.model.attention.last_layer) == expected["layers"]

@@ -110,7 +110,9 @@ def test_resume_keeps_the_run_config_records(tmp_path):
     hparams = yaml.safe_load((tmp_path / "csv" / "hparams.yaml").read_text())
     assert hparams["seed"] == 5 and hparams["data"]["seed"] == 0
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert checkpoint["hyper_parameters"]["loss"]["weights"]["consistency"] == 1.0
+    loss = checkpoint["hyper_parameters"]["loss"]
+    assert loss["weights"]["consistency"] == cfg.model.loss.weights.consistency
+    assert loss["separation_gradient"] == cfg.model.loss.separation_gradient
     assert checkpoint["hyper_parameters"]["optimizer"]["target"] == "torch.optim.sgd.SGD"
 
 

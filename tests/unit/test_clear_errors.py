@@ -18,6 +18,7 @@ from icasc.data import (
     Caltech256DataModule,
     CIFAR100DataModule,
     CUB200DataModule,
+    FashionMNISTDataModule,
     ImageNetDataModule,
     VOC2012DataModule,
 )
@@ -259,7 +260,14 @@ def test_no_readable_image_is_an_error_naming_them(tmp_path):
 
 @pytest.mark.parametrize(
     ("data", "downloadable"),
-    [("cifar100", True), ("caltech256", True), ("voc2012", True), ("imagenet", False), ("cub200", False)],
+    [
+        ("cifar100", True),
+        ("caltech256", True),
+        ("voc2012", True),
+        ("imagenet", False),
+        ("cub200", False),
+        ("fashion_mnist", True),
+    ],
 )
 def test_unset_data_root_names_the_option(data, downloadable):
     cfg = compose_train([f"data={data}"], tiny=False)
@@ -277,6 +285,7 @@ def test_unset_data_root_names_the_option(data, downloadable):
         (lambda root: Caltech256DataModule(root), "Caltech-256", "data.download=true"),
         (lambda root: VOC2012DataModule(root), "PASCAL VOC 2012", "data.download=true"),
         (lambda root: ImageNetDataModule(root), "ImageNet", "cannot download ImageNet"),
+        (lambda root: FashionMNISTDataModule(root), "Fashion-MNIST", "apt-get install dataset-fashion-mnist"),
     ],
 )
 def test_a_missing_root_is_called_missing_not_incomplete(tmp_path, make, dataset, fix):

@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from icasc.losses import ICASCLoss
+from icasc.metrics import mass_in_box, peakedness, pointing_game_hits
 from icasc.metrics.ks import class_probabilities, ks_statistic
 from icasc.models import ICASCModule
 from icasc.models.module import crop_average_logits
@@ -165,3 +166,110 @@ def test_evaluation_without_attention_maps_uses_the_classification_loss():
         module.score_batch({"image": data.images[0], "target": data.targets[:1]})
     with pytest.raises(ValueError, match="stage"):
         module.score_batch({"image": data.images, "target": data.targets}, "train")
+
+
+ATTENTION_NAMES = [
+    f"attn_{layer}_{kind}_{stat}"
+    for layer in ("inner", "last")
+    for kind in ("true", "conf")
+    for stat in ("in_box", "pointing", "peak")
+]
+
+
+class BoxedData(FixedData):
+    """FixedData with a seeded ``"box"`` per image (integer and fractional edges)."""
+
+    def __init__(self, n: int = 6) -> None:
+        super().__init__(n=n, classes=CLASSES)
+        g = torch.Generator().manual_seed(2)
+        corner = torch.rand(n, 2, generator=g) * 16
+        size = 4 + torch.rand(n, 2, generator=g) * 12
+        self.boxes = torch.cat([corner, corner + size], dim=1).round(decimals=1)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {**super().__getitem__(i), "box": self.boxes[i]}
+
+
+def _expected_attention_stats(module: ICASCModule, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The diagnostics of one batch from the module's own maps, through the pure metric functions."""
+    with torch.enable_grad():
+        out = module.attention(batch["image"], batch["target"], create_graph=False)
+    size = tuple(batch["image"].shape[-2:])
+    expected = {}
+    for layer in ("inner", "last"):
+        for kind, maps in (("true", out.target[layer]), ("conf", out.confusing[layer])):
+            maps = maps.detach() if kind == "true" else maps.detach()[out.valid]
+            expected[f"attn_{layer}_{kind}_peak"] = float(peakedness(maps).mean())
+            if "box" in batch:
+                boxes = batch["box"] if kind == "true" else batch["box"][out.valid]
+                expected[f"attn_{layer}_{kind}_in_box"] = float(mass_in_box(maps, boxes, size).mean())
+                hits = pointing_game_hits(maps, boxes, size, module.pointing_tolerance)
+                expected[f"attn_{layer}_{kind}_pointing"] = float(hits.float().mean())
+    return expected
+
+
+def test_attention_diagnostics_per_layer_and_class_equal_the_pure_functions():
+    data = BoxedData()
+    module = _module()
+    batch = {"image": data.images, "target": data.targets, "box": data.boxes}
+    expected = _expected_attention_stats(module, batch)
+    module.score_batch(batch, "val")
+    metrics = module.compute_metrics("val")
+    assert set(ATTENTION_NAMES) <= set(metrics)
+    for name in ATTENTION_NAMES:
+        assert metrics[name] == pytest.approx(expected[name], abs=1e-6), name
+        assert 0.0 <= metrics[name] <= 1.0, name
+    assert metrics["attn_last_true_pointing"] == metrics["pointing_game"]
+    # a finite tolerance that covers the whole image makes every map a hit, in every pointing statistic
+    module.pointing_tolerance = 100.0
+    module.reset_metrics("val")
+    module.score_batch(batch, "val")
+    tolerant = module.compute_metrics("val")
+    assert all(tolerant[n] == 1.0 for n in ATTENTION_NAMES if n.endswith("_pointing"))
+
+
+def test_attention_diagnostics_are_logged_in_validation_and_test():
+    data = BoxedData(n=6)
+    module = _module()
+    first, second = ({k: v[s] for k, v in vars(data).items()} for s in (slice(0, 4), slice(4, 6)))
+    batches = [{"image": b["images"], "target": b["targets"], "box": b["boxes"]} for b in (first, second)]
+    # per-sample means over both batches: a short last batch counts per sample
+    per_batch = [_expected_attention_stats(module, b) for b in batches]
+    expected = {n: (4 * per_batch[0][n] + 2 * per_batch[1][n]) / 6 for n in ATTENTION_NAMES}
+    for loop, stage in ((_trainer().validate, "val"), (_trainer().test, "test")):
+        results = loop(module, DataLoader(data, batch_size=4), verbose=False)[0]
+        for name in ATTENTION_NAMES:
+            assert results[f"{stage}/{name}"] == pytest.approx(expected[name], abs=1e-6), name
+        assert results[f"{stage}/attn_last_true_pointing"] == results[f"{stage}/pointing_game"]
+    # without boxes only the peakedness is logged
+    plain = DataLoader(FixedData(n=4, classes=CLASSES), batch_size=4)
+    results = _trainer().test(module, plain, verbose=False)[0]
+    logged = {k.removeprefix("test/") for k in results if k.startswith("test/attn_")}
+    assert logged == {n for n in ATTENTION_NAMES if n.endswith("_peak")}
+
+
+@pytest.mark.filterwarnings("ignore:No negative samples")  # AUROC on the all-positive batch at the end
+def test_samples_without_a_confusing_class_are_left_out_of_the_confusing_stats():
+    module = _module(multilabel=True)
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    # samples 1 and 3 have every class positive: no confusing class
+    targets = torch.tensor([[1.0, 0, 0, 0], [1, 1, 1, 1], [0, 1, 1, 0], [1, 1, 1, 1]])
+    boxes = torch.tensor([[0.0, 0, 16, 16], [8, 8, 24, 24], [16, 0, 32, 16], [4, 20, 12, 30]])
+    batch = {"image": images, "target": targets, "box": boxes}
+    expected = _expected_attention_stats(module, batch)
+    module.score_batch(batch, "val")
+    metrics = module.compute_metrics("val")
+    for name in ATTENTION_NAMES:
+        assert metrics[name] == pytest.approx(expected[name], abs=1e-6), name
+    # the confusing-class means are over the two valid samples only
+    with torch.enable_grad():
+        out = module.attention(images, targets, create_graph=False)
+    assert out.valid.tolist() == [True, False, True, False]
+    valid_peak = peakedness(out.confusing["last"].detach()[[0, 2]]).mean()
+    assert metrics["attn_last_conf_peak"] == pytest.approx(float(valid_peak), abs=1e-6)
+    # a batch with no valid sample adds nothing to the confusing-class stats
+    module.reset_metrics("val")
+    module.score_batch({"image": images[[1, 3]], "target": targets[[1, 3]], "box": boxes[[1, 3]]}, "val")
+    metrics = module.compute_metrics("val")
+    assert not any(n.startswith("attn_") and "_conf_" in n for n in metrics)
+    assert all(n in metrics for n in ATTENTION_NAMES if "_true_" in n)
