@@ -17,38 +17,10 @@ from __future__ import annotations
 import torch
 
 from icasc.attention.mechanism import AttentionOutput
-from icasc.losses.functional import resize_map
 from icasc.losses.icasc import DEFAULT_WEIGHTS, ICASCLoss
+from icasc.metrics.attention_stats import mass_in_box
 
-__all__ = ["box_share", "descent_effects"]
-
-MAP_KEYS = tuple((kind, layer) for kind in ("true", "conf") for layer in ("inner", "last"))
-
-
-def box_share(maps: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-    """Differentiable share of each map's mass inside its box, ``[B]``.
-
-    The map is resized bilinearly to the input size (as the pointing game and
-    :func:`~icasc.metrics.attention_stats.mass_in_box` do) and the pixels whose centres lie in the
-    pixel-edge ``xyxy`` box are summed.
-
-    Args:
-        maps: Non-negative ``[B, h, w]``.
-        boxes: ``[B, 4]`` ``(x0, y0, x1, y1)`` in input pixels.
-        image_size: ``(H, W)`` of the input.
-
-    Returns:
-        ``[B]`` in ``[0, 1]`` (0 for an all-zero map).
-    """
-    full = resize_map(maps, tuple(image_size)).clamp(min=0)
-    height, width = image_size
-    ys = torch.arange(height, device=maps.device, dtype=full.dtype) + 0.5
-    xs = torch.arange(width, device=maps.device, dtype=full.dtype) + 0.5
-    b = boxes.to(full.dtype)
-    inside_y = (ys[None, :] >= b[:, 1:2]) & (ys[None, :] < b[:, 3:4])
-    inside_x = (xs[None, :] >= b[:, 0:1]) & (xs[None, :] < b[:, 2:3])
-    inside = (inside_y[:, :, None] & inside_x[:, None, :]).to(full.dtype)
-    return (full * inside).sum(dim=(1, 2)) / full.sum(dim=(1, 2)).clamp_min(1e-12)
+__all__ = ["descent_effects"]
 
 
 def descent_effects(
@@ -89,7 +61,7 @@ def descent_effects(
         attention.valid,
     )
     share_grads = {
-        key: torch.autograd.grad(box_share(leaf, boxes, image_size).sum(), leaf)[0]
+        key: torch.autograd.grad(mass_in_box(leaf, boxes, image_size).sum(), leaf)[0]
         for key, leaf in leaves.items()
     }
     probe = ICASCLoss(**{**loss.config(), "weights": dict.fromkeys(DEFAULT_WEIGHTS, 1.0)})

@@ -50,6 +50,7 @@ def mass_in_box(maps: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, 
 
     Returns:
         ``[B]`` float: inside mass / total mass; 0 for a map without positive mass (nothing points anywhere).
+        Differentiable with respect to ``maps``.
 
     Raises:
         ValueError: Bad shapes, or boxes that are not finite ``x1 >= x0``, ``y1 >= y0``.
@@ -59,7 +60,8 @@ def mass_in_box(maps: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, 
         raise ValueError(f"boxes must be [B, 4] (one box per map), got {tuple(boxes.shape)}")
     boxes, _ = _box_set(boxes, maps.shape[0], None)
     height, width = (int(s) for s in image_size)
-    full = resize_map(maps.detach().float(), (height, width)).clamp(min=0)
+    # not detached: icasc.losses.diagnostics differentiates it (the metrics pass detached maps)
+    full = resize_map(maps.float(), (height, width)).clamp(min=0)
     boxes = boxes[:, 0].to(full.device)
     cover_x = _coverage(boxes[:, 0], boxes[:, 2], width)  # [B, W]
     cover_y = _coverage(boxes[:, 1], boxes[:, 3], height)  # [B, H]

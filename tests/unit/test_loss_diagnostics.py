@@ -7,7 +7,8 @@ import torch
 
 from icasc.attention.mechanism import AttentionOutput
 from icasc.losses import ICASCLoss
-from icasc.losses.diagnostics import box_share, descent_effects
+from icasc.losses.diagnostics import descent_effects
+from icasc.metrics import mass_in_box
 
 BOX = torch.tensor([[0.0, 0.0, 2.0, 4.0]])  # the left half of a 4x4 image
 
@@ -27,10 +28,13 @@ def _output() -> AttentionOutput:
     )
 
 
-def test_box_share_counts_pixel_centres_inside_the_box() -> None:
-    maps = torch.tensor([[[1.0, 1.0, 2.0, 0.0]] * 4])
-    assert box_share(maps, BOX, (4, 4)).item() == pytest.approx(0.5)
-    assert box_share(torch.zeros(1, 4, 4), BOX, (4, 4)).item() == 0.0
+def test_the_share_in_the_box_is_differentiable_for_the_descent_effects() -> None:
+    maps = torch.tensor([[[1.0, 1.0, 2.0, 0.0]] * 4], requires_grad=True)
+    share = mass_in_box(maps, BOX, (4, 4))
+    assert share.item() == pytest.approx(0.5)
+    (grad,) = torch.autograd.grad(share.sum(), maps)
+    assert grad[0, 0, 0] > 0 and grad[0, 0, 2] < 0  # more mass inside raises the share, outside lowers it
+    assert mass_in_box(torch.zeros(1, 4, 4), BOX, (4, 4)).item() == 0.0
 
 
 def test_paper_separation_pushes_the_true_map_off_the_object() -> None:
