@@ -49,11 +49,24 @@ class _AppendingWriter(ExperimentWriter):
             logged = list(csv.DictReader(file))
         later = [r for r in logged[rows:] if keep_epoch is not None and r.get("epoch") == str(keep_epoch)]
         kept = logged[:rows] + later
-        with self._fs.open(self.metrics_file_path, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=self.metrics_keys)
-            writer.writeheader()
-            writer.writerows(kept)
+        self._replace_file(self.metrics_keys, kept)
         self.rows_written = len(kept)
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        # Lightning's version truncates metrics.csv and writes it again in place: a kill in between (the
+        # crash a resume exists for) would leave an empty or cut file and lose every row logged before.
+        with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+            logged = list(csv.DictReader(file))
+        self._replace_file(fieldnames, logged)
+
+    def _replace_file(self, fieldnames: list[str], rows: list[dict[str, str]]) -> None:
+        """Write ``metrics.csv`` anew, atomically: a temporary file beside it, then a rename over it."""
+        temporary = f"{self.metrics_file_path}.tmp"
+        with self._fs.open(temporary, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+        self._fs.mv(temporary, self.metrics_file_path)
 
 
 class ResumableCSVLogger(CSVLogger):

@@ -25,6 +25,7 @@ from torch import nn
 from icasc.attention.capture import FeatureCapture
 from icasc.bench import interleaved_medians
 from icasc.callbacks.groupcam_augmentation import GroupCAMAugmentation
+from icasc.callbacks.groupcam_blur import blur_size
 from icasc.callbacks.saliency_blur import Augmented, binarize, compose_augmented
 from icasc.losses.icasc import ICASCLoss
 from icasc.models.module import ICASCModule
@@ -72,6 +73,7 @@ def release_like_augment(
             "release_like_augment needs an attached callback: call callback.attach(model) first"
         )
     layer, size = callback.groupcam.layer, tuple(images.shape[-2:])
+    kernel, sigma = blur_size(callback.blur_kernel, callback.blur_sigma, callback.blur_relative, *size)
     maps = []
     for i in range(images.shape[0]):
         x, t = images[i : i + 1], target[i : i + 1]
@@ -80,8 +82,8 @@ def release_like_augment(
             layer,
             callback.groups,
             theta=None,
-            blur_kernel=callback.blur_kernel,
-            blur_sigma=callback.blur_sigma,
+            blur_kernel=kernel,
+            blur_sigma=sigma,
             gradient_weights=False,
         )
         with eval_mode(model), FeatureCapture(model, [layer]) as capture:
@@ -93,7 +95,7 @@ def release_like_augment(
         maps.append(gc.combine(group_maps, gc.score_masks(x, group_maps, t), size))
     maps = torch.cat(maps)
     masks = binarize(maps, callback.threshold)
-    blurred = gaussian_blur(images, callback.blur_kernel, callback.blur_sigma)
+    blurred = gaussian_blur(images, kernel, sigma)
     return Augmented(compose_augmented(images, blurred, masks, callback.compose), maps, masks)
 
 

@@ -45,9 +45,17 @@ class GroupCAMAugmentation(GroupCAMBlur, L.Callback):
     ``pl_module``; it must return ``[B, classes]`` logits. The layer is the model's default last attention
     layer unless ``layer`` is given.
 
+    Originals and augmented images can be mixed: ``mode="append"`` trains on both; ``p < 1`` augments a
+    random share of each batch; ``p_end`` moves that share linearly from ``p`` at the first augmented step to
+    ``p_end`` at the last training step (e.g. ``p=1, p_end=0`` ends the fine-tune on the original images, the
+    distribution it is tested on). The probability in force is logged as ``groupcam_augmentation/p``.
+
     Args:
-        layer, groups, threshold, compose, p, mode, blur_kernel, blur_sigma, memory_budget_mb, seed: As in
-            :class:`~icasc.callbacks.GroupCAMBlur` (the defaults are the paper's settings).
+        layer, groups, threshold, compose, p, mode, blur_kernel, blur_sigma, memory_budget_mb, seed,
+            blur_relative, mask_class: As in :class:`~icasc.callbacks.GroupCAMBlur` (the defaults are the
+            paper's settings).
+        p_end: Probability at the end of training (``None``: ``p`` throughout); the schedule runs over
+            ``trainer.max_epochs`` (or ``trainer.max_steps`` when no epoch limit is set).
         start_epoch: First epoch (0-based) that is augmented.
         every_n_steps: Augment the batches whose index in the epoch is a multiple of this.
         log_every_n_steps: Log a grid at augmented batches whose global step is a multiple of this: a
@@ -60,7 +68,9 @@ class GroupCAMAugmentation(GroupCAMBlur, L.Callback):
             :class:`~icasc.callbacks.GroupCAMBlur`'s counters.
 
     Raises:
-        ValueError: An invalid option (the message names the valid values).
+        ValueError: An invalid option (the message names the valid values), a schedule that never augments
+            an image (``p = 0`` and ``p_end`` 0 or unset, or ``start_epoch >= trainer.max_epochs``, the
+            latter when the fit starts), or a ``layer`` the model lacks (when the fit starts).
     """
 
     def __init__(
@@ -79,9 +89,33 @@ class GroupCAMAugmentation(GroupCAMBlur, L.Callback):
         log_every_n_steps: int | None = 200,
         log_images: int = 4,
         seed: int | None = 0,
+        blur_relative: bool = False,
+        mask_class: str = "target",
+        p_end: float | None = None,
     ) -> None:
         super().__init__(
-            layer, groups, threshold, compose, p, mode, blur_kernel, blur_sigma, memory_budget_mb, seed
+            layer=layer,
+            groups=groups,
+            threshold=threshold,
+            compose=compose,
+            p=p,
+            mode=mode,
+            blur_kernel=blur_kernel,
+            blur_sigma=blur_sigma,
+            memory_budget_mb=memory_budget_mb,
+            seed=seed,
+            blur_relative=blur_relative,
+            mask_class=mask_class,
+        )
+        check_option(
+            p_end is None
+            or (isinstance(p_end, (int, float)) and not isinstance(p_end, bool) and 0 <= p_end <= 1),
+            f"p_end must be a probability in [0, 1], or None to keep p throughout; got {p_end!r}",
+        )
+        check_option(
+            self.p > 0 or bool(p_end),
+            f"p={p!r} and p_end={p_end!r}: no image would ever be augmented; set p > 0, or p_end > 0 for a "
+            "schedule that starts on the originals (or leave the callback out: callbacks=default)",
         )
         check_option(
             is_int(start_epoch) and start_epoch >= 0, f"start_epoch must be an int >= 0, got {start_epoch!r}"
@@ -97,6 +131,7 @@ class GroupCAMAugmentation(GroupCAMBlur, L.Callback):
         check_option(
             is_int(log_images) and log_images >= 1, f"log_images must be an int >= 1, got {log_images!r}"
         )
+        self.p_end = None if p_end is None else float(p_end)
         self.start_epoch = start_epoch
         self.every_n_steps = every_n_steps
         self.log_every_n_steps = log_every_n_steps
@@ -113,8 +148,34 @@ class GroupCAMAugmentation(GroupCAMBlur, L.Callback):
         return backbone if isinstance(backbone, nn.Module) else pl_module
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self.attach(self.model_of(pl_module), trainer.global_rank)
+        if stage != "fit":
+            return
+        epochs = trainer.max_epochs
+        check_option(
+            epochs is None or epochs < 0 or self.start_epoch < epochs,
+            f"start_epoch={self.start_epoch} but trainer.max_epochs={epochs}: no batch would be augmented; "
+            f"set start_epoch to one of 0..{(epochs or 1) - 1}",
+        )
+        if self.p_end is not None:
+            check_option(
+                (epochs is not None and epochs > 0) or trainer.max_steps > 0,
+                "p_end schedules p over the training: set trainer.max_epochs or trainer.max_steps",
+            )
+        self.attach(self.model_of(pl_module), trainer.global_rank)
+
+    def p_at(self, trainer: L.Trainer, batch_idx: int) -> float:
+        """The probability that an image of this batch is augmented (``p``, or the ``p_end`` schedule's)."""
+        if self.p_end is None:
+            return self.p
+        epochs = trainer.max_epochs
+        batches = trainer.num_training_batches
+        if epochs is not None and epochs > 0 and 0 < batches < float("inf"):
+            done = (trainer.current_epoch - self.start_epoch) * batches + batch_idx
+            total = (epochs - self.start_epoch) * batches
+        else:  # no epoch limit (or an iterable of unknown length): the schedule runs over max_steps
+            done, total = trainer.global_step, trainer.max_steps
+        progress = min(max(done / max(total - 1, 1), 0.0), 1.0)
+        return self.p + (self.p_end - self.p) * progress
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -122,7 +183,10 @@ class GroupCAMAugmentation(GroupCAMBlur, L.Callback):
         if trainer.current_epoch < self.start_epoch or batch_idx % self.every_n_steps != 0:
             return
         original = batch.get("image") if isinstance(batch, MutableMapping) else None
-        result = self.apply(batch)
+        p = self.p_at(trainer, batch_idx)
+        if self.p_end is not None:
+            pl_module.log("groupcam_augmentation/p", p, on_step=True, on_epoch=False, batch_size=1)
+        result = self.apply(batch, p)
         if result is None:
             return
         pl_module.log(

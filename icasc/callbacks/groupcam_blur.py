@@ -19,9 +19,45 @@ from icasc.callbacks.saliency_blur import (
 )
 from icasc.models.backbones import default_attention_layers
 from icasc.saliency.base import check_images, eval_mode, resolve_target
+from icasc.saliency.blur import gaussian_blur
 from icasc.saliency.groupcam import GroupCAM
 
-__all__ = ["GroupCAMBlur", "check_option", "is_int"]
+__all__ = [
+    "MASK_CLASSES",
+    "PAPER_BLUR",
+    "PAPER_RELATIVE_BLUR",
+    "GroupCAMBlur",
+    "blur_size",
+    "check_option",
+    "is_int",
+    "predicted_class",
+]
+
+MASK_CLASSES = ("target", "predicted")
+# Group-CAM §5: a 51-pixel kernel with sigma 50 on 224-pixel images
+PAPER_BLUR = (51, 50.0)
+# the same blur as fractions of the shorter image side, so it scales with the images
+PAPER_RELATIVE_BLUR = (51 / 224, 50 / 224)
+
+
+def blur_size(kernel: float, sigma: float, relative: bool, height: int, width: int) -> tuple[int, float]:
+    """The blur's kernel size and sigma in pixels for a ``height x width`` image.
+
+    Args:
+        kernel: Odd kernel size in pixels, or (``relative``) a fraction in ``(0, 1]`` of the shorter side.
+        sigma: Standard deviation in pixels, or (``relative``) a fraction in ``(0, 1]`` of the shorter side.
+        relative: Whether ``kernel`` and ``sigma`` are fractions of the shorter side.
+        height: Image height.
+        width: Image width.
+
+    Returns:
+        ``(odd kernel size, sigma)`` in pixels; a relative kernel is the odd size ``2 * floor(f * side / 2) +
+        1`` (so the paper's ``51 / 224`` gives 51 on 224 pixels and 15 on 64).
+    """
+    if not relative:
+        return int(kernel), float(sigma)
+    side = min(height, width)
+    return 2 * int(kernel * side / 2) + 1, float(sigma) * side
 
 
 def check_option(ok: bool, message: str) -> None:
@@ -33,6 +69,17 @@ def check_option(ok: bool, message: str) -> None:
 def is_int(value: Any) -> bool:
     """Whether ``value`` is an int (and not a bool)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _relative_message(name: str, value: Any, paper: tuple[int, float]) -> str:
+    return (
+        f"{name} must be a fraction of the shorter image side in (0, 1] with blur_relative=true "
+        f"(the paper's {paper[0]:g}/224 = {paper[1]:.4f}); got {value!r}"
+    )
 
 
 class GroupCAMBlur:
@@ -49,6 +96,11 @@ class GroupCAMBlur:
        :meth:`~icasc.saliency.GroupCAM.score_masks`).
     2. ``M`` binarised at its mean (:func:`binarize`).
     3. ``Ĩ = I ⊙ M + blur(I) ⊙ (1 - M)`` with the Group-CAM blur (:func:`compose_augmented`).
+
+    ``mask_class="predicted"`` explains the model's predicted class instead of the ground truth (a wrong
+    model then blurs around what it believes it sees), and ``blur_relative=True`` reads ``blur_kernel`` and
+    ``blur_sigma`` as fractions of the shorter image side, so one setting serves 64- and 448-pixel images.
+    The same blurred image is Group-CAM's baseline (step 1) and the background of step 3, as in the paper.
 
     The maps come from the model as it is at each call, so in training they sharpen as the model improves.
 
@@ -67,11 +119,17 @@ class GroupCAMBlur:
         p: Probability that an image is augmented (paper: 1.0).
         mode: ``"replace"`` the chosen images (paper), or ``"append"`` their augmented copies together with
             their ``target``, ``box`` and every other per-sample tensor of the batch.
-        blur_kernel: Odd Gaussian kernel size of ``blur`` (paper: 51; clipped to small images).
-        blur_sigma: Its standard deviation in pixels (paper: 50).
+        blur_kernel: Odd Gaussian kernel size of ``blur`` in pixels (paper: 51; clipped to small images), or
+            with ``blur_relative`` a fraction in ``(0, 1]`` of the shorter image side (paper: 51/224).
+        blur_sigma: Its standard deviation in pixels (paper: 50), or with ``blur_relative`` a fraction in
+            ``(0, 1]`` of the shorter image side (paper: 50/224).
         memory_budget_mb: Input MiB per scoring forward; ``None``: Group-CAM's per-device default.
         seed: Seed of the ``p`` draws (plus the ``rank`` given to :meth:`attach`); ``None``: torch's global
             generator.
+        blur_relative: Whether ``blur_kernel`` and ``blur_sigma`` are fractions of the shorter image side.
+        mask_class: Which class's map makes the mask: ``"target"`` (the paper: the true class) or
+            ``"predicted"`` (the model's top class; for multi-hot targets the classes with a positive logit,
+            or the top one where none is positive).
 
     Attributes:
         groupcam: The :class:`~icasc.saliency.GroupCAM` whose pieces make the maps, while attached.
@@ -94,8 +152,33 @@ class GroupCAMBlur:
         blur_sigma: float = 50.0,
         memory_budget_mb: float | None = None,
         seed: int | None = 0,
+        blur_relative: bool = False,
+        mask_class: str = "target",
     ) -> None:
+        if blur_relative is True:
+            blur_checks = [
+                (_is_number(value) and 0 < value <= 1, _relative_message(name, value, paper))
+                for name, value, paper in (
+                    ("blur_kernel", blur_kernel, (PAPER_BLUR[0], PAPER_RELATIVE_BLUR[0])),
+                    ("blur_sigma", blur_sigma, (PAPER_BLUR[1], PAPER_RELATIVE_BLUR[1])),
+                )
+            ]
+        else:
+            blur_checks = [
+                (
+                    is_int(blur_kernel) and blur_kernel >= 1 and blur_kernel % 2 == 1,
+                    "blur_kernel must be an odd positive int (pixels), or a fraction in (0, 1] with "
+                    f"blur_relative=true; got {blur_kernel!r}",
+                ),
+                (
+                    isinstance(blur_sigma, (int, float)) and blur_sigma > 0,
+                    f"blur_sigma must be > 0 (pixels), got {blur_sigma!r}",
+                ),
+            ]
         checks = [
+            (blur_relative in (True, False), f"blur_relative must be true or false, got {blur_relative!r}"),
+            (mask_class in MASK_CLASSES, f"mask_class must be one of {MASK_CLASSES}, got {mask_class!r}"),
+            *blur_checks,
             (
                 layer is None or (isinstance(layer, str) and layer != ""),
                 f"layer must be a name or None, got {layer!r}",
@@ -108,14 +191,6 @@ class GroupCAMBlur:
                 f"p must be a probability in [0, 1], got {p!r}",
             ),
             (mode in MODES, f"mode must be one of {MODES}, got {mode!r}"),
-            (
-                is_int(blur_kernel) and blur_kernel >= 1 and blur_kernel % 2 == 1,
-                f"blur_kernel must be an odd positive int, got {blur_kernel!r}",
-            ),
-            (
-                isinstance(blur_sigma, (int, float)) and blur_sigma > 0,
-                f"blur_sigma must be > 0, got {blur_sigma!r}",
-            ),
             (
                 memory_budget_mb is None
                 or (isinstance(memory_budget_mb, (int, float)) and memory_budget_mb > 0),
@@ -133,6 +208,8 @@ class GroupCAMBlur:
         self.mode = mode
         self.blur_kernel = blur_kernel
         self.blur_sigma = float(blur_sigma)
+        self.blur_relative = bool(blur_relative)
+        self.mask_class = mask_class
         self.memory_budget_mb = memory_budget_mb
         self.seed = seed
         self.augmented_batches = 0
@@ -157,17 +234,23 @@ class GroupCAMBlur:
         """
         self.detach()
         layer = self.layer if self.layer is not None else default_attention_layers(model)[1]
+        try:
+            module = resolve_layer(model, layer)
+        except ValueError as err:
+            raise ValueError(f"{type(self).__name__} layer={layer!r}: {err}") from err
+        # the blur depends on the image size when relative: saliency() makes the baseline itself
+        kernel, sigma = PAPER_BLUR if self.blur_relative else (self.blur_kernel, self.blur_sigma)
         self.groupcam = GroupCAM(
             model,
             layer,
             groups=self.groups,
             theta=None,
-            blur_kernel=self.blur_kernel,
-            blur_sigma=self.blur_sigma,
+            blur_kernel=kernel,
+            blur_sigma=sigma,
             gradient_weights=False,
             memory_budget_mb=self.memory_budget_mb,
         )
-        self._handle = resolve_layer(model, layer).register_forward_hook(self._keep)
+        self._handle = module.register_forward_hook(self._keep)
         if self.seed is not None:
             self._generator = torch.Generator().manual_seed(self.seed + rank)
 
@@ -206,9 +289,16 @@ class GroupCAMBlur:
             )
         return self.groupcam
 
+    def blur(self, images: torch.Tensor) -> torch.Tensor:
+        """``blur(I)``: the Gaussian blur of ``[N, C, H, W]`` images (kernel and sigma for their size)."""
+        kernel, sigma = blur_size(self.blur_kernel, self.blur_sigma, self.blur_relative, *images.shape[-2:])
+        return gaussian_blur(images, kernel, sigma)
+
     @torch.no_grad()
     def saliency(self, images: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Step (1): Group-CAM maps of ``target`` in the fast setting, from the model as it is now.
+        """Step (1): Group-CAM maps in the fast setting, from the model as it is now.
+
+        The maps explain ``target`` (``mask_class="target"``) or the model's prediction (``"predicted"``).
 
         Args:
             images: ``[N, C, H, W]`` normalised images.
@@ -233,10 +323,12 @@ class GroupCAMBlur:
                 )
             else:
                 target = resolve_target(logits, target)
+            if self.mask_class == "predicted":
+                target = predicted_class(logits, multilabel=target.dim() == 2)
             if features is None:
                 raise ValueError(f"layer {gc.layer!r} did not run in the forward pass; choose one that does")
             maps = gc.group_maps(features)
-            blurred = gc.baseline(images)
+            blurred = self.blur(images)
             scores = gc.score_masks(images, maps, target, blurred=blurred)
         return gc.combine(maps, scores, tuple(images.shape[-2:])), blurred
 
@@ -246,18 +338,20 @@ class GroupCAMBlur:
         masks = binarize(maps, self.threshold)
         return Augmented(compose_augmented(images, blurred, masks, self.compose), maps, masks)
 
-    def _choose(self, n: int, device: torch.device) -> torch.Tensor | None:
+    def _choose(self, n: int, device: torch.device, p: float) -> torch.Tensor | None:
         """Indices of the images to augment (``None``: all of them)."""
-        if self.p >= 1.0:
+        if p >= 1.0:
             return None
         draws = torch.rand(n, generator=self._generator) if self._generator is not None else torch.rand(n)
-        return torch.nonzero(draws < self.p).flatten().to(device)
+        return torch.nonzero(draws < p).flatten().to(device)
 
-    def apply(self, batch: MutableMapping[str, Any]) -> Augmented | None:
+    def apply(self, batch: MutableMapping[str, Any], p: float | None = None) -> Augmented | None:
         """Augment a batch dict in place, as each training step does; ``None`` when no image was drawn.
 
         Args:
             batch: ``{"image": [B, C, H, W], "target": [B] or [B, classes], ...}``.
+            p: Probability that an image is augmented in this batch (``None``: the ``p`` option); the
+                callback passes its schedule's value.
 
         Returns:
             The augmentation of the chosen images.
@@ -269,7 +363,7 @@ class GroupCAMBlur:
                 f"got {type(batch).__name__}"
             )
         images, target = batch["image"], batch["target"]
-        chosen = self._choose(images.shape[0], images.device)
+        chosen = self._choose(images.shape[0], images.device, self.p if p is None else float(p))
         if chosen is not None and chosen.numel() == 0:
             return None
         result = self.augment(*((images, target) if chosen is None else (images[chosen], target[chosen])))
@@ -288,3 +382,18 @@ class GroupCAMBlur:
         self.augmented_batches += 1
         self.augmented_images += result.images.shape[0]
         return result._replace(index=chosen)
+
+
+def predicted_class(logits: torch.Tensor, multilabel: bool = False) -> torch.Tensor:
+    """The classes a model predicts: ``[N]`` top classes, or (``multilabel``) ``[N, C]`` multi-hot.
+
+    Multi-hot predictions are the classes with a positive logit (sigmoid > 0.5); a row without any takes
+    its top class, so every image has a class to explain.
+    """
+    top = logits.argmax(dim=1)
+    if not multilabel:
+        return top
+    hot = (logits > 0).to(logits.dtype)
+    empty = torch.nonzero(hot.sum(dim=1) == 0).flatten()
+    hot[empty, top[empty]] = 1.0
+    return hot

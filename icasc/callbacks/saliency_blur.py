@@ -35,8 +35,10 @@ def binarize(maps: torch.Tensor, threshold: str = "image_mean") -> torch.Tensor:
 
     Args:
         maps: ``[N, H, W]`` saliency maps.
-        threshold: ``"image_mean"`` (each map's own mean) or ``"batch_mean"`` (one mean over all maps, as
-            the authors' release does).
+        threshold: ``"image_mean"`` (each map's own mean) or ``"batch_mean"`` (the authors' release: each
+            map min-max normalised to ``[0, 1]``, as its Group-CAM returns them, then one mean over all
+            maps; a constant map counts as all ones). Without that normalisation the maps of a few
+            confident images would set the threshold for the batch and blur most objects away.
 
     Returns:
         ``[N, H, W]`` masks of 0.0 and 1.0 in the maps' dtype.
@@ -45,8 +47,13 @@ def binarize(maps: torch.Tensor, threshold: str = "image_mean") -> torch.Tensor:
         raise ValueError(f"maps must be [N, H, W], got shape {tuple(maps.shape)}")
     if threshold not in THRESHOLDS:
         raise ValueError(f"threshold must be one of {THRESHOLDS}, got {threshold!r}")
-    mean = maps.mean(dim=(1, 2), keepdim=True) if threshold == "image_mean" else maps.mean()
-    return (maps >= mean).to(maps.dtype)
+    if threshold == "image_mean":
+        # (a per-image min-max normalisation would change nothing: the mean moves with the map)
+        return (maps >= maps.mean(dim=(1, 2), keepdim=True)).to(maps.dtype)
+    low = maps.amin(dim=(1, 2), keepdim=True)
+    span = maps.amax(dim=(1, 2), keepdim=True) - low
+    normalised = torch.where(span > 0, (maps - low) / torch.where(span > 0, span, 1), 1.0)
+    return (normalised >= normalised.mean()).to(maps.dtype)
 
 
 def compose_augmented(

@@ -12,7 +12,7 @@ __all__ = ["DEFAULT_COLUMNS", "build", "columns", "markdown"]
 # shown unless --metrics says otherwise, with every attention diagnostic (attn_*) the runs logged
 DEFAULT_COLUMNS = ("top1", "pointing_game", "attention_overlap", "ks")
 # fractions shown as percentages (differences in percentage points)
-_PERCENT = frozenset({"top1", "top5", "pointing_game"})
+_PERCENT = frozenset({"top1", "top5", "pointing_game", "groupcam_pointing_game"})
 
 
 def build(

@@ -36,7 +36,13 @@ def _duration(seconds: float) -> str:
 
 def _work(job: Job, config_dir: Path, split: str) -> dict[str, Any]:
     """Train, resume or score one job; return the train task's metrics and best checkpoint."""
-    overrides = [*job.overrides, f"seed={job.seed}", *(["test=true"] if split == "test" else [])]
+    # a fine-tune (init_from) scores its before/after report on the same split
+    overrides = [
+        *job.overrides,
+        f"seed={job.seed}",
+        f"before_after.split={split}",
+        *(["test=true"] if split == "test" else []),
+    ]
     if job.action == "score":
         assert job.record is not None
         return compare_task.score(config_dir, overrides, job.run_dir, Path(job.record["best_checkpoint"]))

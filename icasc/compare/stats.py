@@ -38,8 +38,10 @@ def direction(metric: str) -> int | None:
 
     Besides the named metrics, attention diagnostics that count hits (any name with ``in_box`` or
     ``pointing``, e.g. ``attn_last_true_in_box``) are higher-is-better, and any ``loss`` or ``overlap`` is
-    lower-is-better; diagnostics of the most-confusing class's map (``_conf_``, e.g.
-    ``attn_last_conf_in_box``) get no direction. Names may carry the split prefix (``test/top1``).
+    lower-is-better; so are the faithfulness games (``insertion_auc`` higher, ``deletion_auc`` lower,
+    e.g. the before/after report's ``groupcam_deletion_auc``); diagnostics of the most-confusing class's
+    map (``_conf_``, e.g. ``attn_last_conf_in_box``) get no direction. Names may carry the split prefix
+    (``test/top1``).
     """
     name = metric.rsplit("/", 1)[-1]
     if name in HIGHER_IS_BETTER:
@@ -50,8 +52,10 @@ def direction(metric: str) -> int | None:
     if "_conf_" in name:
         return None
     # hit rates before losses: "attn_overlap_in_box" counts where a map lands, so more is better
-    if "in_box" in name or "pointing" in name:
+    if "in_box" in name or "pointing" in name or name.endswith("insertion_auc"):
         return 1
+    if name.endswith("deletion_auc"):
+        return -1
     if "loss" in name or "overlap" in name:
         return -1
     return None

@@ -1,8 +1,11 @@
-"""Before/after report of a fine-tuning: the initial and the fine-tuned model on the same validation images.
+"""Before/after report of a fine-tuning: the initial and the fine-tuned model on the same held-out images.
 
-Both models are scored on ``num_images`` validation images drawn with a seed: top-1 and top-5 accuracy, and
-the deletion and insertion AUC (Group-CAM paper §4.3) of Group-CAM maps of the true class. The train task
-writes the report at the end of a run that started from ``init_from``; the export task for any checkpoint.
+Both models are scored on ``num_images`` validation (or test) images drawn with a seed: top-1 and top-5
+accuracy, the deletion and insertion AUC (Group-CAM paper §4.3) of Group-CAM maps of the true class, and,
+where the data has boxes, those maps' pointing game and mass in the box. A *control* -- the same fine-tune
+without the augmentation, for the same epochs -- can be scored beside them, so the report shows whether the
+augmentation, not the extra epochs, made the difference. The train task writes the report at the end of a
+run that started from ``init_from``; the export task for any checkpoint.
 
 Example:
     >>> initial, _ = initial_model("torchvision:IMAGENET1K_V1", "resnet50", 1000)  # doctest: +SKIP
@@ -23,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from icasc.data.transforms import centre_view
+from icasc.metrics.attention_stats import attention_stats
 from icasc.metrics.insertion_deletion import insertion_deletion
 from icasc.models.backbones import build_backbone
 from icasc.models.loading import TORCHVISION_PREFIX, load_weights_into
@@ -30,6 +34,7 @@ from icasc.saliency.base import eval_mode
 from icasc.saliency.groupcam import GroupCAM
 
 __all__ = [
+    "ATTENTION_METRICS",
     "FAITHFULNESS_DEFAULTS",
     "GROUPCAM_DEFAULTS",
     "METRICS",
@@ -44,6 +49,8 @@ __all__ = [
 ]
 
 METRICS = ("top1", "top5", "deletion_auc", "insertion_auc")
+# scored where the images have boxes: the Group-CAM maps' pointing game and share of mass in the box
+ATTENTION_METRICS = ("pointing_game", "mass_in_box")
 # Group-CAM's evaluation setting (paper §4) and the deletion/insertion protocol (§4.3)
 GROUPCAM_DEFAULTS: dict[str, Any] = {"groups": 32, "theta": 70.0}
 FAITHFULNESS_DEFAULTS: dict[str, Any] = {"step_fraction": 0.036, "substrate": "blur"}
@@ -77,8 +84,9 @@ def score_classifier(
     groupcam: Mapping[str, Any] | None = None,
     faithfulness: Mapping[str, Any] | None = None,
     device: str | torch.device = "auto",
+    tolerance: float | None = None,
 ) -> dict[str, float]:
-    """Top-1, top-5 and the Group-CAM deletion/insertion AUC of ``model`` on ``loader``'s images.
+    """Top-1, top-5, the Group-CAM deletion/insertion AUC and (with boxes) pointing game of ``model``.
 
     Args:
         model: Classifier returning ``[B, C]`` logits (left in its mode and on its device afterwards).
@@ -88,19 +96,21 @@ def score_classifier(
         faithfulness: :func:`~icasc.metrics.insertion_deletion.insertion_deletion` options, over
             ``FAITHFULNESS_DEFAULTS``.
         device: ``"auto"`` (CUDA when available), or a device.
+        tolerance: Pointing-game tolerance in pixels (``None``: the default, inside the box).
 
     Returns:
         Means over the images of ``top1`` and ``top5`` (top-``min(5, C)``) accuracy and of the
         ``deletion_auc`` (lower is better) and ``insertion_auc`` (higher is better) of Group-CAM maps of the
-        true class; and ``images``.
+        true class; where every batch has a ``"box"``, also those maps' ``pointing_game`` (hit rate) and
+        ``mass_in_box`` (:func:`~icasc.metrics.attention_stats.attention_stats`); and ``images``.
     """
     dev = _device(device)
     home = next(model.parameters()).device
     model.to(dev)
     explainer = GroupCAM(model, layer, **{**GROUPCAM_DEFAULTS, **dict(groupcam or {})})
     faithfulness = {**FAITHFULNESS_DEFAULTS, **dict(faithfulness or {})}
-    sums = dict.fromkeys(METRICS, 0.0)
-    count = 0
+    sums = dict.fromkeys((*METRICS, *ATTENTION_METRICS), 0.0)
+    count, boxed = 0, 0
     try:
         for batch in loader:
             images, targets = centre_view(batch["image"]).to(dev), batch["target"].to(dev)
@@ -118,12 +128,18 @@ def score_classifier(
             games = insertion_deletion(model, images, maps, targets, **faithfulness)
             sums["deletion_auc"] += float(games["deletion_auc"].sum())
             sums["insertion_auc"] += float(games["insertion_auc"].sum())
+            if "box" in batch:
+                stats = attention_stats(maps, tuple(images.shape[-2:]), batch["box"].to(dev), tolerance)
+                sums["pointing_game"] += float(stats["pointing"].sum())
+                sums["mass_in_box"] += float(stats["in_box"].sum())
+                boxed += images.shape[0]
             count += images.shape[0]
     finally:
         model.to(home)
     if count == 0:
         raise ValueError("the loader yielded no images to score")
-    return {**{k: v / count for k, v in sums.items()}, "images": count}
+    names = (*METRICS, *ATTENTION_METRICS) if boxed == count else METRICS
+    return {**{k: sums[k] / count for k in names}, "images": count}
 
 
 def initial_model(
@@ -158,13 +174,16 @@ def before_after_report(
     faithfulness: Mapping[str, Any] | None = None,
     device: str | torch.device = "auto",
     sources: Mapping[str, str] | None = None,
+    control: nn.Module | None = None,
+    tolerance: float | None = None,
+    split: str = "val",
 ) -> dict[str, Any]:
-    """Score the initial and the fine-tuned model on the same validation images.
+    """Score the initial and the fine-tuned model (and a control) on the same held-out images.
 
     Args:
         initial: The model before fine-tuning.
         finetuned: The model after it (same architecture, so ``layer`` names the same layer in both).
-        dataset: The validation dataset (``{"image", "target"}`` samples).
+        dataset: The held-out dataset (``{"image", "target"}`` samples, optionally ``"box"``).
         layer: The layer Group-CAM explains in both models.
         num_images: Images drawn at random (``seed``) from ``dataset``.
         batch_size: Images per batch.
@@ -172,27 +191,49 @@ def before_after_report(
         groupcam: :class:`~icasc.saliency.GroupCAM` options, over ``GROUPCAM_DEFAULTS`` (G=32, theta=70).
         faithfulness: Deletion/insertion options, over ``FAITHFULNESS_DEFAULTS`` (3.6% steps, blur).
         device: ``"auto"`` or a device.
-        sources: Optional ``{"initial": ..., "finetuned": ...}`` descriptions (paths) for the table.
+        sources: Optional ``{"initial": ..., "finetuned": ..., "control": ...}`` descriptions (paths) for
+            the table.
+        control: The same fine-tune without the augmentation, for as many epochs (optional).
+        tolerance: Pointing-game tolerance in pixels (``None``: inside the box).
+        split: Which split ``dataset`` is (``"val"`` or ``"test"``), recorded in the report.
 
     Returns:
-        ``{"initial": {metric: value}, "finetuned": {...}, "change": {...}, "images", "layer", "seed",
-        "groupcam", "faithfulness", "sources"}``; the metrics are ``top1``, ``top5``, ``deletion_auc``,
-        ``insertion_auc``.
+        ``{"initial": {metric: value}, "finetuned": {...}, "change": finetuned - initial, "images", "split",
+        "layer", "seed", "groupcam", "faithfulness", "sources"}``, plus ``"control"`` and ``"vs_control"``
+        (finetuned - control) with a control; the metrics are ``top1``, ``top5``, ``deletion_auc``,
+        ``insertion_auc``, and ``pointing_game``, ``mass_in_box`` where the data has boxes.
     """
     subset = validation_subset(dataset, int(num_images), seed)
     loader = DataLoader(subset, batch_size=int(batch_size), shuffle=False)
     groupcam = {**GROUPCAM_DEFAULTS, **dict(groupcam or {})}
     faithfulness = {**FAITHFULNESS_DEFAULTS, **dict(faithfulness or {})}
-    scores = {}
-    for name, model in (("initial", initial), ("finetuned", finetuned)):
-        scores[name] = score_classifier(model, loader, layer, groupcam, faithfulness, device)
-    images = scores["initial"].pop("images")
-    scores["finetuned"].pop("images")
-    return {
+    models = {
+        "initial": initial,
+        "finetuned": finetuned,
+        **({"control": control} if control is not None else {}),
+    }
+    scores = {
+        name: score_classifier(model, loader, layer, groupcam, faithfulness, device, tolerance)
+        for name, model in models.items()
+    }
+    images = scores["initial"]["images"]
+    for row in scores.values():
+        row.pop("images")
+
+    def difference(a: str, b: str) -> dict[str, float]:
+        return {k: scores[a][k] - scores[b][k] for k in scores[a]}
+
+    report: dict[str, Any] = {
         "initial": scores["initial"],
         "finetuned": scores["finetuned"],
-        "change": {k: scores["finetuned"][k] - scores["initial"][k] for k in METRICS},
+        "change": difference("finetuned", "initial"),
+    }
+    if control is not None:
+        report.update(control=scores["control"], vs_control=difference("finetuned", "control"))
+    return {
+        **report,
         "images": images,
+        "split": split,
         "seed": int(seed),
         "layer": layer,
         "groupcam": groupcam,
@@ -202,13 +243,25 @@ def before_after_report(
 
 
 def before_after_markdown(report: Mapping[str, Any]) -> str:
-    """A markdown table of a :func:`before_after_report` (accuracies in %, AUCs as fractions)."""
+    """A markdown table of a :func:`before_after_report`.
+
+    Accuracies and the pointing game are in %, the AUCs and the mass in box fractions.
+    """
     sources = report.get("sources") or {}
+    names = [k for k in (*METRICS, *ATTENTION_METRICS) if k in report["initial"]]
+    titles = {
+        "top1": "top-1 (%)",
+        "top5": "top-5 (%)",
+        "deletion_auc": "deletion AUC ↓",
+        "insertion_auc": "insertion AUC ↑",
+        "pointing_game": "pointing game (%)",
+        "mass_in_box": "mass in box ↑",
+    }
+    percent = ("top1", "top5", "pointing_game")
 
     def cells(row: Mapping[str, float], sign: str = "") -> str:
-        return (
-            f"{row['top1'] * 100:{sign}.2f} | {row['top5'] * 100:{sign}.2f} | "
-            f"{row['deletion_auc']:{sign}.4f} | {row['insertion_auc']:{sign}.4f}"
+        return " | ".join(
+            f"{row[k] * 100:{sign}.2f}" if k in percent else f"{row[k]:{sign}.4f}" for k in names
         )
 
     def label(name: str, title: str) -> str:
@@ -216,15 +269,25 @@ def before_after_markdown(report: Mapping[str, Any]) -> str:
 
     gc = report["groupcam"]
     lines = [
-        "| model | top-1 (%) | top-5 (%) | deletion AUC ↓ | insertion AUC ↑ |",
-        "|---|---:|---:|---:|---:|",
+        "| model | " + " | ".join(titles[k] for k in names) + " |",
+        "|---|" + "---:|" * len(names),
         f"| {label('initial', 'initial')} | {cells(report['initial'])} |",
         f"| {label('finetuned', 'fine-tuned')} | {cells(report['finetuned'])} |",
-        f"| change | {cells(report['change'], '+')} |",
+    ]
+    if "control" in report:
+        lines.append(
+            f"| {label('control', 'control: plain fine-tune, same epochs')} | {cells(report['control'])} |"
+        )
+    lines.append(f"| change | {cells(report['change'], '+')} |")
+    if "vs_control" in report:
+        lines.append(f"| fine-tuned − control | {cells(report['vs_control'], '+')} |")
+    split = {"val": "validation", "test": "test"}.get(report.get("split", "val"), report.get("split"))
+    lines += [
         "",
-        f"{report['images']} validation images (drawn with seed {report['seed']}); Group-CAM maps "
+        f"{report['images']} {split} images (drawn with seed {report['seed']}); Group-CAM maps "
         f"(G={gc.get('groups')}, θ={gc.get('theta')}) of the true class at `{report['layer']}`; "
-        "deletion/insertion as in Group-CAM §4.3.",
+        "deletion/insertion as in Group-CAM §4.3"
+        + ("; pointing game and mass in box of the same maps." if "pointing_game" in names else "."),
     ]
     return "\n".join(lines)
 

@@ -33,7 +33,9 @@ from icasc.tasks.before_after import (
     write_before_after,
 )
 
-__all__ = ["model_card", "report_for_run", "run"]
+__all__ = ["SPLITS", "model_card", "report_for_run", "run"]
+
+SPLITS = ("val", "test")
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,7 @@ def model_card(module: ICASCModule, datamodule: Any, metrics: Mapping[str, Any],
 def _settings(node: DictConfig) -> dict[str, Any]:
     """The report options of a config node, as plain values."""
     settings = {}
-    for key in ("num_images", "batch_size", "seed", "groupcam", "faithfulness", "device"):
+    for key in ("num_images", "batch_size", "seed", "groupcam", "faithfulness", "device", "split"):
         value = node.get(key)
         if isinstance(value, DictConfig):
             value = OmegaConf.to_container(value, resolve=True)
@@ -90,6 +92,8 @@ def report_for_run(
     datamodule: Any,
     settings: DictConfig,
     finetuned_source: str,
+    control: tuple[nn.Module, str] | None = None,
+    tolerance: float | None = None,
 ) -> dict[str, Any]:
     """Build the initial model from ``init_from`` and score both (the step the train and export task share).
 
@@ -97,10 +101,16 @@ def report_for_run(
         finetuned: The fine-tuned backbone.
         info: Its ``backbone``, ``backbone_kwargs``, ``num_classes`` and ``attention_layers``.
         init_from: The initial weights.
-        datamodule: Provides the validation split (``setup("validate")``, ``val_dataloader()``).
+        datamodule: Provides the held-out split (``val_dataloader()``, or ``test_dataloader()``).
         settings: ``num_images``, ``batch_size``, ``seed``, ``groupcam``, ``faithfulness``, ``device``,
-            ``layer`` (``None``: the model's last attention layer).
+            ``split`` (``"val"``, the default, or ``"test"``), ``layer`` (``None``: the model's last
+            attention layer).
         finetuned_source: What the fine-tuned model was loaded from (for the table).
+        control: ``(model, source)`` of the control (the plain fine-tune of the same length), if any.
+        tolerance: Pointing-game tolerance in pixels (``None``: inside the box).
+
+    Raises:
+        ValueError: ``split`` is not ``"val"`` or ``"test"``.
     """
     initial, loaded = initial_model(init_from, info["backbone"], info["num_classes"], info["backbone_kwargs"])
     if loaded["head_replaced"]:
@@ -115,15 +125,25 @@ def report_for_run(
         or (info.get("attention_layers") or {}).get("last")
         or default_attention_layers(finetuned)[1]
     )
-    datamodule.setup("validate")
-    dataset = datamodule.val_dataloader().dataset
+    options = _settings(settings)
+    split = options.pop("split", "val")
+    if split not in SPLITS:
+        raise ValueError(f"before_after.split must be one of {SPLITS} (the held-out images), got {split!r}")
+    datamodule.setup("validate" if split == "val" else "test")
+    dataset = (datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()).dataset
+    sources = {"initial": init_from, "finetuned": finetuned_source}
+    if control is not None:
+        sources["control"] = control[1]
     report = before_after_report(
         initial,
         finetuned,
         dataset,
         layer,
-        **_settings(settings),
-        sources={"initial": init_from, "finetuned": finetuned_source},
+        **options,
+        sources=sources,
+        control=None if control is None else control[0],
+        tolerance=tolerance,
+        split=split,
     )
     report["initial_head_replaced"] = loaded["head_replaced"]
     return report
@@ -189,13 +209,30 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"the configured data has {data_classes} classes but {path} was trained for "
             f"{info['num_classes']}: pass the run's data config (e.g. data=imagenet data.root=...)"
         )
-    report = report_for_run(model, info, str(init_from), datamodule, cfg, str(path))
+    control = None
+    if cfg.get("control"):
+        control_path = Path(cfg.control)
+        if not control_path.exists():
+            raise FileNotFoundError(
+                f"control={control_path}: no such file or directory (the plain fine-tune to compare with: "
+                "a .ckpt, an export directory or its model.safetensors)"
+            )
+        control_model, control_info, _ = _load_finetuned(control_path, datamodule, cfg)
+        if control_info["backbone"] != info["backbone"] or control_info["num_classes"] != info["num_classes"]:
+            raise ValueError(
+                f"control={control_path} is a {control_info['backbone']} with {control_info['num_classes']} "
+                f"classes, the fine-tuned model a {info['backbone']} with {info['num_classes']}: the control "
+                "must be the same fine-tune without the augmentation"
+            )
+        control = (control_model, str(control_path))
+    tolerance = card.get("pointing_tolerance")
+    report = report_for_run(model, info, str(init_from), datamodule, cfg, str(path), control, tolerance)
     out = Path(cfg.paths.output_dir)
     written = write_before_after(report, out)
     card.update(
         {
             "metrics": dict(report["finetuned"]),
-            "metrics_note": f"{report['images']} validation images, see before_after",
+            "metrics_note": f"{report['images']} {report['split']} images, see before_after",
             "init_from": resolve_init_from(init_from),
             "before_after": report,
             "exported_from": str(path.resolve()),

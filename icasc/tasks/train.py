@@ -1,11 +1,14 @@
 """The train task: (init_from,) fit, (test), export the best model, draw attention maps, print a summary.
 
 A run with ``init_from`` starts from those weights (a checkpoint, an export or ``torchvision:<WEIGHTS>``),
-records them in the model card, and ends with the before/after report of the initial and the final model.
+records them in the model card, and ends with the before/after report of the initial and the final model;
+with ``before_after.control=true`` it also trains the control (the same run without the Group-CAM
+augmentation callback) in ``<run dir>/control`` and scores it beside them.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,16 +17,16 @@ import hydra
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from icasc.callbacks.run_state import RunState
 from icasc.data.transforms import centre_view
 from icasc.models.export import export_backbone
 from icasc.models.files import check_checkpoint_file
-from icasc.models.loading import load_module_checkpoint, load_weights_into
+from icasc.models.loading import load_classifier, load_module_checkpoint, load_weights_into
 from icasc.models.module import ICASCModule
 from icasc.tasks.before_after import before_after_markdown, resolve_init_from, write_before_after
-from icasc.tasks.export import model_card, report_for_run
+from icasc.tasks.export import SPLITS, model_card, report_for_run
 from icasc.visualize import attention_figure
 
 __all__ = ["run"]
@@ -64,12 +67,99 @@ def _init_from(cfg: DictConfig) -> str | None:
     return str(value) if value else None
 
 
+# the report's metrics of the final model that join the run's metrics, as ``{split}/groupcam_<name>``
+_REPORT_METRICS = ("deletion_auc", "insertion_auc", "pointing_game", "mass_in_box")
+
+
+def _wants_report(cfg: DictConfig) -> bool:
+    settings = cfg.get("before_after")
+    return bool(settings and settings.get("num_images"))
+
+
+def _augmentation_callbacks(cfg: DictConfig) -> list[str]:
+    """Names of the configured callbacks that augment training images (what a control leaves out)."""
+    callbacks = cfg.get("callbacks") or {}
+    return [
+        name
+        for name, node in callbacks.items()
+        if node is not None and str(node.get("_target_", "")).endswith("GroupCAMAugmentation")
+    ]
+
+
+def _check_before_after(cfg: DictConfig, init_from: str | None, trainer: L.Trainer) -> Any:
+    """The report's options checked before training; returns the control: ``True``, a path, or ``None``."""
+    settings = cfg.get("before_after") or {}
+    split = settings.get("split", "val")
+    if init_from and _wants_report(cfg) and split not in SPLITS:
+        raise ValueError(f"before_after.split must be one of {SPLITS} (the held-out images), got {split!r}")
+    control = settings.get("control")
+    if not control:
+        return None
+    if not init_from or not _wants_report(cfg):
+        raise ValueError(
+            "before_after.control compares fine-tunes in the before/after report: it needs init_from=<the "
+            "model to fine-tune> and before_after.num_images > 0 (or set before_after.control=false)"
+        )
+    if control is True:
+        if not _augmentation_callbacks(cfg):
+            raise ValueError(
+                "before_after.control=true trains the same run without the Group-CAM augmentation "
+                "callback, but this run has none: add callbacks=groupcam_augmentation, or set "
+                "before_after.control=false"
+            )
+        if trainer.world_size > 1:
+            raise ValueError(
+                "before_after.control=true trains the control in this process, which DDP does not allow: "
+                "train the control as its own run (callbacks=default) and pass before_after.control=<its "
+                "checkpoint or export>"
+            )
+        return True
+    if not Path(str(control)).exists():
+        raise FileNotFoundError(
+            f"before_after.control={control}: no such file or directory (true, false, or the plain "
+            "fine-tune's .ckpt, export directory or model.safetensors)"
+        )
+    return str(control)
+
+
+def _train_control(cfg: DictConfig, out: Path) -> str:
+    """Train the control -- this run without its augmentation callbacks -- in ``out/control``.
+
+    Same seed, data order, initial weights, optimiser, schedule and epochs; no export, figure or report of
+    its own. A control interrupted earlier is resumed from its ``last.ckpt``.
+
+    Returns:
+        Its best checkpoint.
+    """
+    control = copy.deepcopy(cfg)
+    folder = out / "control"
+    last = folder / "checkpoints" / "last.ckpt"
+    with open_dict(control):
+        for name in _augmentation_callbacks(cfg):
+            del control.callbacks[name]
+        control.paths.output_dir = str(folder)
+        control.train = True
+        control.ckpt_path = str(last) if last.is_file() else None
+        control.export = False
+        if control.get("figure") is not None:
+            control.figure.enabled = False
+        control.before_after.num_images = 0
+        control.before_after.control = False
+    log.info("training the control (no augmentation) in %s", folder)
+    best = run(control)["outputs"].get("best checkpoint")
+    return best or str(last)
+
+
 def _before_after(
-    module: ICASCModule, datamodule: Any, init_from: str, cfg: DictConfig, out: Path, source: str
+    module: ICASCModule,
+    datamodule: Any,
+    init_from: str,
+    cfg: DictConfig,
+    source: str,
+    control: str | None,
 ) -> dict[str, Any] | None:
     """The before/after report of a run that started from ``init_from`` (``None`` when switched off)."""
-    settings = cfg.get("before_after")
-    if not settings or not settings.get("num_images"):
+    if not _wants_report(cfg):
         return None
     spec = dict(module.backbone_spec)
     info = {
@@ -78,7 +168,17 @@ def _before_after(
         "num_classes": module.num_classes,
         "attention_layers": dict(module.attention.layers),
     }
-    return report_for_run(module.backbone, info, init_from, datamodule, settings, source)
+    control_model = None if control is None else (load_classifier(control)[0], control)
+    return report_for_run(
+        module.backbone,
+        info,
+        init_from,
+        datamodule,
+        cfg.before_after,
+        source,
+        control_model,
+        module.pointing_tolerance,
+    )
 
 
 def _figure(module: ICASCModule, datamodule: Any, n: int, path: Path) -> Path:
@@ -173,6 +273,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
         log.info("no logger: the learning-rate monitor is left out")
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    control = _check_before_after(cfg, init_from, trainer) if cfg.get("train", True) else None
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
@@ -202,8 +303,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         extra: dict[str, Any] = {"init_from": resolve_init_from(init_from) if init_from else None}
         if init_from:
-            report = _before_after(module, datamodule, init_from, cfg, out, best or "the final weights")
+            if control is True:
+                control = _train_control(cfg, out)
+            report = _before_after(module, datamodule, init_from, cfg, best or "the final weights", control)
         if report is not None:
+            split = report["split"]
+            for name in _REPORT_METRICS:
+                if name in report["finetuned"]:
+                    metrics.setdefault(f"{split}/groupcam_{name}", report["finetuned"][name])
             extra["before_after"] = report
             outputs["before/after report"] = str(write_before_after(report, out)["markdown"])
         if cfg.get("export", True):

@@ -138,3 +138,34 @@ def test_module_entry_point_help():
     )
     assert proc.returncode == 0, proc.stderr
     assert "--run NAME=OVERRIDES|PRESET" in proc.stdout and "--reference" in proc.stdout
+
+
+def test_fine_tunes_score_their_before_after_report_on_the_compared_split(tmp_path, capsys):
+    """A run with init_from adds the report's Group-CAM faithfulness and pointing game to its metrics."""
+    import torch
+
+    from icasc.models.backbones import build_backbone
+    from icasc.models.export import export_backbone
+
+    torch.manual_seed(0)
+    card = {"backbone": "tiny_cnn", "num_classes": 10, "backbone_kwargs": {"width": 16, "batchnorm": True}}
+    export_backbone(build_backbone("tiny_cnn", 10, width=16, batchnorm=True), tmp_path / "base0", card)
+    init = f"init_from={tmp_path}/base{{seed}}/model.safetensors"
+    run = f"plain=experiment=synthetic_groupcam_finetune callbacks=default {init} before_after.num_images=4"
+    argv = [
+        "--run",
+        run,
+        "--seeds",
+        "0",
+        "--out",
+        str(tmp_path / "cmp"),
+        "--metrics=top1,groupcam_deletion_auc",
+    ]
+    report = cli.main([*argv, *TINY, "figure.enabled=false"])
+    capsys.readouterr()
+    (record,) = report["records"]
+    written = json.loads((tmp_path / "cmp" / "runs" / "plain" / "seed0" / "before_after.json").read_text())
+    assert written["split"] == "test" and written["images"] == 4
+    assert record["metrics"]["test/groupcam_deletion_auc"] == written["finetuned"]["deletion_auc"]
+    assert record["metrics"]["test/groupcam_pointing_game"] == written["finetuned"]["pointing_game"]
+    assert report["summary"]["plain"]["metrics"]["groupcam_deletion_auc"]["n"] == 1

@@ -16,12 +16,18 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from icasc.data import SyntheticDataModule
+from icasc.metrics.attention_stats import attention_stats
 from icasc.metrics.insertion_deletion import insertion_deletion
 from icasc.models.backbones import build_backbone
 from icasc.models.export import export_backbone, load_exported
 from icasc.saliency.groupcam import GroupCAM
 from icasc.tasks import export as export_task
-from icasc.tasks.before_after import score_classifier, validation_subset
+from icasc.tasks.before_after import (
+    before_after_markdown,
+    before_after_report,
+    score_classifier,
+    validation_subset,
+)
 from icasc.tasks.train import run
 from tests.conftest import ROOT, TINY, compose_config, compose_train
 
@@ -263,3 +269,129 @@ def test_icasc_fine_tuning_regime_and_its_control(train_cfg, tmp_path, preset, a
     result = run(cfg)
     assert result["before_after"]["sources"]["initial"] == str(base)
     assert ("val/separation_last" in result["metrics"]) is attention_terms
+
+
+# ---------------------------------------------------------------- attention metrics, split and control
+
+
+def test_score_classifier_adds_pointing_game_and_mass_in_box_where_there_are_boxes():
+    torch.manual_seed(0)
+    model = build_backbone("tiny_cnn", 10, width=8).eval()
+    boxes = torch.tensor([[0.0, 0.0, 16.0, 16.0], [8.0, 8.0, 32.0, 32.0]]).repeat(3, 1)
+    data = [
+        {"image": torch.randn(3, 32, 32), "target": torch.tensor(i % 10), "box": boxes[i]} for i in range(6)
+    ]
+    scores = score_classifier(model, DataLoader(data, batch_size=4), "layer2", {"groups": 8}, device="cpu")
+    images, targets = torch.stack([d["image"] for d in data]), torch.stack([d["target"] for d in data])
+    maps = GroupCAM(model, "layer2", groups=8, theta=70.0).attribute(images, targets)
+    stats = attention_stats(maps, (32, 32), boxes)
+    assert scores["pointing_game"] == pytest.approx(float(stats["pointing"].mean()), abs=1e-6)
+    assert scores["mass_in_box"] == pytest.approx(float(stats["in_box"].mean()), abs=1e-6)
+    plain = [{k: v for k, v in d.items() if k != "box"} for d in data]
+    unboxed = score_classifier(model, DataLoader(plain, batch_size=4), "layer2", {"groups": 8}, device="cpu")
+    assert "pointing_game" not in unboxed and "mass_in_box" not in unboxed
+
+
+def test_report_with_a_control_scores_it_on_the_same_images():
+    torch.manual_seed(0)
+    models = [build_backbone("tiny_cnn", 10, width=8).eval() for _ in range(3)]
+    data = [
+        {
+            "image": torch.randn(3, 32, 32),
+            "target": torch.tensor(i % 10),
+            "box": torch.tensor([0.0, 0, 20, 20]),
+        }
+        for i in range(6)
+    ]
+    report = before_after_report(
+        *models[:2], data, "layer2", num_images=6, groupcam={"groups": 8}, control=models[2], split="test"
+    )
+    assert report["split"] == "test" and set(report["control"]) == set(report["finetuned"])
+    loader = DataLoader(data, batch_size=32)
+    expected = score_classifier(models[2], loader, "layer2", report["groupcam"], report["faithfulness"])
+    for key, value in report["control"].items():
+        assert value == pytest.approx(expected[key], abs=1e-6), key
+        assert report["vs_control"][key] == pytest.approx(report["finetuned"][key] - value)
+    table = before_after_markdown(report)
+    assert "| control: plain fine-tune, same epochs |" in table and "| fine-tuned − control |" in table
+    assert "pointing game (%)" in table and "6 test images" in table
+
+
+def test_control_true_trains_the_same_run_without_the_augmentation(train_cfg, tmp_path):
+    """The control is the run minus its callback: its weights equal a separate callbacks=default run."""
+    base = _base_export(tmp_path / "base" / "export")
+    common = [
+        "experiment=synthetic_groupcam_finetune",
+        f"init_from={base}",
+        "before_after.num_images=6",
+        "before_after.split=test",
+        *QUIET,
+    ]
+    callback = [
+        "callbacks.groupcam_augmentation.groups=4",
+        "callbacks.groupcam_augmentation.log_every_n_steps=null",
+    ]
+    result = run(train_cfg(*common, *callback, "before_after.control=true", "test=true"))
+    report = result["before_after"]
+    control_ckpt = report["sources"]["control"]
+    assert Path(control_ckpt).is_relative_to(tmp_path / "control" / "checkpoints")
+    assert not (tmp_path / "control" / "export").exists()  # the control exports nothing of its own
+    assert result["metrics"]["test/groupcam_deletion_auc"] == report["finetuned"]["deletion_auc"]
+    assert "test/groupcam_pointing_game" in result["metrics"]  # the synthetic data has boxes
+    plain = run(compose_train([*common, "callbacks=default", "export=false"], output_dir=tmp_path / "plain"))
+    control = torch.load(control_ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    separate = torch.load(plain["outputs"]["best checkpoint"], map_location="cpu", weights_only=True)
+    for key, value in separate["state_dict"].items():
+        torch.testing.assert_close(control[key], value, rtol=0, atol=0, msg=key)
+    augmented = torch.load(result["outputs"]["best checkpoint"], map_location="cpu", weights_only=True)
+    assert not torch.equal(augmented["state_dict"]["backbone.fc.weight"], control["backbone.fc.weight"])
+    # a finished control scored by path: the same numbers
+    again = export_task.run(
+        compose_config(
+            "export",
+            [
+                f"ckpt_path={result['outputs']['best checkpoint']}",
+                f"init_from={base}",
+                f"control={control_ckpt}",
+                "num_images=6",
+                "split=test",
+                "groupcam.groups=32",
+                *[o for o in TINY if o.startswith("data.")],
+            ],
+            tmp_path / "export_again",
+        )
+    )
+    assert again["before_after"]["control"] == pytest.approx(report["control"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "match"),
+    [
+        (["before_after.control=true"], ValueError, "has none: add callbacks=groupcam_augmentation"),
+        (["before_after.control=/no/such/run.ckpt"], FileNotFoundError, "before_after.control=/no/such"),
+        (["before_after.split=train"], ValueError, r"before_after.split must be one of \('val', 'test'\)"),
+    ],
+)
+def test_bad_report_options_fail_before_training(train_cfg, tmp_path, overrides, error, match):
+    base = _base_export(tmp_path / "base" / "export")
+    with pytest.raises(error, match=match):
+        run(train_cfg(f"init_from={base}", "before_after.num_images=6", *overrides, *QUIET))
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_control_needs_init_from(train_cfg, tmp_path):
+    with pytest.raises(ValueError, match=r"before_after.control .* needs init_from"):
+        run(train_cfg("callbacks=groupcam_augmentation", "before_after.control=true", *QUIET))
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_control_true_is_refused_under_ddp_with_the_way_out(train_cfg, tmp_path):
+    from types import SimpleNamespace
+
+    from icasc.tasks.train import _check_before_after
+
+    base = _base_export(tmp_path / "base" / "export")
+    cfg = train_cfg("callbacks=groupcam_augmentation", f"init_from={base}", "before_after.control=true")
+    assert _check_before_after(cfg, str(base), SimpleNamespace(world_size=1)) is True
+    with pytest.raises(ValueError, match=r"DDP .* pass before_after.control=<its checkpoint or export>"):
+        _check_before_after(cfg, str(base), SimpleNamespace(world_size=2))

@@ -24,9 +24,20 @@ pytestmark = pytest.mark.slow
 
 
 def test_train_config_with_groupcam_augmentation_trains_and_logs_grids(tmp_path: Path) -> None:
+    # callbacks=groupcam_augmentation holds the defaults the fine-tuning study chose: the paper's procedure
+    # with a blur relative to the image size, ending the fit on original images
+    study = compose_train(["callbacks=groupcam_augmentation"], tmp_path).callbacks.groupcam_augmentation
+    assert (study.blur_relative, study.blur_kernel, study.blur_sigma) == (True, 0.25, 0.05)
+    assert (study.p, study.p_end, study.mode, study.mask_class, study.threshold) == (
+        1.0,
+        0.0,
+        "replace",
+        "target",
+        "image_mean",
+    )
     cfg = compose_train(
         [
-            "callbacks=groupcam_augmentation",
+            "callbacks=groupcam_augmentation_paper",
             "callbacks.groupcam_augmentation.log_every_n_steps=1",
             "callbacks.groupcam_augmentation.log_images=2",
             "figure.enabled=false",
@@ -43,7 +54,7 @@ def test_train_config_with_groupcam_augmentation_trains_and_logs_grids(tmp_path:
         1.0,
         "replace",
     )
-    assert (node.blur_kernel, node.blur_sigma) == (51, 50.0)
+    assert (node.blur_kernel, node.blur_sigma, node.blur_relative, node.p_end) == (51, 50.0, False, None)
     result = run(cfg)
     assert result["metrics"]["val/top1"] >= 0.0
     grids = tmp_path / "csv" / "groupcam_augmentation"

@@ -122,3 +122,35 @@ def test_csv_logger_appends_and_truncates_to_a_checkpoint(tmp_path):
     assert text[0] == "acc,epoch,loss,step"
     assert [line.split(",")[-1] for line in text[1:]] == ["0", "1", "2"]
     assert text[-1] == "0.5,1,10.0,2"
+
+
+def test_a_kill_while_metrics_csv_is_rewritten_loses_no_logged_row(tmp_path, monkeypatch):
+    """A new column makes the logger write metrics.csv anew; a crash half-way must leave the old file whole.
+
+    Lightning rewrites the file in place (truncate, then write): SIGKILL in between emptied it, and the
+    resumed run then lacked every row logged before the crash (seen once in the resume test under load).
+    """
+    import csv as csv_module
+
+    logger = ResumableCSVLogger(tmp_path, name="csv", version="")
+    for step in range(3):
+        logger.log_metrics({"loss": float(step), "epoch": 0}, step=step)
+    logger.save()
+    path = tmp_path / "csv" / "metrics.csv"
+    before = path.read_text()
+
+    def killed(self, rows):
+        raise KeyboardInterrupt("killed while writing")
+
+    logger.log_metrics({"loss": 3.0, "epoch": 1, "acc": 0.5}, step=3)  # a new column: the file is rewritten
+    with monkeypatch.context() as patch:
+        patch.setattr(csv_module.DictWriter, "writerows", killed)
+        with pytest.raises(KeyboardInterrupt):
+            logger.save()
+        assert path.read_text() == before
+        with pytest.raises(KeyboardInterrupt):
+            ResumableCSVLogger(tmp_path, name="csv", version="").truncate(2)
+        assert path.read_text() == before
+    resumed = ResumableCSVLogger(tmp_path, name="csv", version="")
+    resumed.truncate(2)
+    assert [r["step"] for r in csv_module.DictReader(path.open())] == ["0", "1"]

@@ -22,6 +22,7 @@ from icasc.bench import main as bench_main
 from icasc.callbacks import GroupCAMAugmentation, GroupCAMBlur, binarize, compose_augmented
 from icasc.callbacks.augmentation_grid import log_grid
 from icasc.callbacks.benchmark import augment_benchmark
+from icasc.callbacks.groupcam_blur import PAPER_RELATIVE_BLUR, blur_size, predicted_class
 from icasc.losses import ICASCLoss
 from icasc.models import ICASCModule, build_backbone, default_attention_layers
 from icasc.models.tiny import TinyCNN
@@ -79,8 +80,18 @@ def test_binarize_is_binary_with_per_image_thresholds() -> None:
     assert torch.equal(per_image[0], per_image[1])
     assert torch.equal(per_image[0], (base[0] >= base[0].mean()).float())
     assert 0 < per_image[0].sum() < 64
-    batch = binarize(maps, "batch_mean")  # one mean for the batch: image 0 all blurred, image 1 all kept
-    assert batch[0].sum() == 0 and batch[1].sum() == 64
+    # batch_mean (the release): each map normalised to [0, 1], then one mean for the batch, so the
+    # same pattern at another level gets the same mask (raw maps would blur image 0 and keep image 1)
+    batch = binarize(maps, "batch_mean")
+    assert torch.equal(batch[0], batch[1])
+    normalised = (base - base.min()) / (base.max() - base.min())
+    assert torch.equal(batch[0], (normalised[0] >= normalised.mean()).float())
+    other = torch.cat([base, torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(1)) ** 4])
+    scaled = (other - other.amin((1, 2), keepdim=True)) / (
+        other.amax((1, 2), keepdim=True) - other.amin((1, 2), keepdim=True)
+    )
+    assert torch.equal(binarize(other, "batch_mean"), (scaled >= scaled.mean()).float())
+    assert binarize(torch.zeros(2, 3, 3), "batch_mean").eq(1).all()  # constant maps are kept
     # Ties go to 1 (the release's `where(M < mean, 0, 1)`): a constant map keeps the whole image.
     assert binarize(torch.zeros(1, 3, 3)).eq(1).all()
     with pytest.raises(ValueError, match="threshold"):
@@ -213,7 +224,8 @@ def test_multilabel_targets_explain_the_positive_classes() -> None:
 
 def test_p_replaces_only_the_drawn_images_reproducibly() -> None:
     model, x, t = tiny(), images(8), torch.arange(8)
-    none = attached(model, groups=4, p=0.0)
+    none = GroupCAMBlur(groups=4, p=0.0)  # the engine allows p = 0 (the callback refuses it, see below)
+    none.attach(model)
     batch = {"image": x, "target": t}
     assert none.apply(batch) is None and batch["image"] is x
     results = []
@@ -260,6 +272,15 @@ def test_append_mode_adds_the_copies_with_their_targets_and_boxes() -> None:
         ({"log_images": 0}, "log_images"),
         ({"seed": 1.5}, "seed"),
         ({"layer": ""}, "layer"),
+        ({"blur_relative": "yes"}, "blur_relative must be true or false"),
+        ({"blur_relative": True}, r"blur_kernel must be a fraction .* \(0, 1\] .* 51/224 = 0.2277"),
+        ({"blur_relative": True, "blur_kernel": 0.2}, r"blur_sigma must be a fraction .* 50/224 = 0.2232"),
+        ({"blur_relative": True, "blur_kernel": 0.2, "blur_sigma": 1.5}, "blur_sigma must be a fraction"),
+        ({"blur_kernel": 0.2}, r"blur_kernel must be an odd positive int \(pixels\), or a fraction"),
+        ({"mask_class": "true"}, r"mask_class must be one of \('target', 'predicted'\)"),
+        ({"p_end": 1.5}, r"p_end must be a probability in \[0, 1\]"),
+        ({"p": 0.0}, "no image would ever be augmented"),
+        ({"p": 0.0, "p_end": 0.0}, "no image would ever be augmented"),
     ],
 )
 def test_invalid_options_raise_naming_the_option(kwargs: dict, match: str) -> None:
@@ -271,7 +292,9 @@ def test_misuse_gives_clear_errors() -> None:
     model = tiny()
     with pytest.raises(RuntimeError, match="attach"):
         GroupCAMAugmentation().augment(images(), torch.tensor([0, 1, 2, 3]))
-    with pytest.raises(ValueError, match="unknown layer 'layer9'"):
+    with pytest.raises(
+        ValueError, match=r"layer='layer9': unknown layer 'layer9'.*valid layer names: .*layer2"
+    ):
         GroupCAMAugmentation(layer="layer9").attach(model)
     with pytest.raises(ValueError, match="divisor of 16"):
         attached(model, groups=5).augment(images(), torch.tensor([0, 1, 2, 3]))
@@ -279,6 +302,74 @@ def test_misuse_gives_clear_errors() -> None:
         attached(model, groups=4).augment(images(), torch.tensor([0, 1, 2, 30]))
     with pytest.raises(TypeError, match="dict batches"):
         attached(model, groups=4).apply((images(), torch.tensor([0, 1, 2, 3])))
+
+
+# --------------------------------------------------------------------- blur size, mask class, schedule
+
+
+def test_blur_size_scales_the_papers_blur_with_the_shorter_side() -> None:
+    assert blur_size(51, 50.0, False, 64, 64) == (51, 50.0)  # pixels: unchanged (clipped later)
+    assert blur_size(*PAPER_RELATIVE_BLUR, True, 224, 224) == (51, pytest.approx(50.0))
+    assert blur_size(*PAPER_RELATIVE_BLUR, True, 64, 80) == (15, pytest.approx(50 / 224 * 64))
+    assert blur_size(*PAPER_RELATIVE_BLUR, True, 448, 500) == (103, pytest.approx(100.0))
+    assert blur_size(0.01, 0.05, True, 32, 32) == (1, pytest.approx(1.6))  # under 2 px: no blur at all
+
+
+@pytest.mark.parametrize("size", [32, 48])
+def test_relative_blur_composes_with_the_kernel_for_the_image_size(size: int) -> None:
+    model, x, t = tiny(), images(size=size), torch.tensor([0, 3, 5, 9])
+    cb = attached(model, groups=4, blur_relative=True, blur_kernel=0.25, blur_sigma=0.1)
+    result = cb.augment(x, t)
+    kernel, sigma = 2 * int(0.25 * size / 2) + 1, 0.1 * size  # 9 / 3.2 px on 32, 13 / 4.8 px on 48
+    blurred = gaussian_blur(x, kernel, sigma)
+    torch.testing.assert_close(cb.blur(x), blurred, rtol=0, atol=0)
+    m = result.masks[:, None]
+    torch.testing.assert_close(result.images, x * m + blurred * (1 - m), rtol=0, atol=0)
+    # the same blur is Group-CAM's baseline: the maps equal Group-CAM built with those pixel sizes
+    expected = GroupCAM(
+        model, "layer2", groups=4, theta=None, blur_kernel=kernel, blur_sigma=sigma, gradient_weights=False
+    ).attribute(x, t)
+    torch.testing.assert_close(result.maps, expected)
+
+
+def test_predicted_mask_class_explains_the_models_top_class() -> None:
+    model, x = tiny(), images(6)
+    with torch.no_grad(), eval_mode(model):
+        predicted = model(x).argmax(1)
+    wrong = (predicted + 1) % 10  # a ground truth the model never predicts
+    result = attached(model, groups=4, mask_class="predicted").augment(x, wrong)
+    torch.testing.assert_close(result.maps, attached(model, groups=4).augment(x, predicted).maps)
+    assert not torch.allclose(result.maps, attached(model, groups=4).augment(x, wrong).maps)
+
+
+def test_predicted_class_of_multilabel_logits_is_the_positive_set_or_the_top_class() -> None:
+    logits = torch.tensor([[2.0, -1.0, 0.5], [-3.0, -0.5, -2.0], [-1.0, 0.0, 1.0]])
+    assert torch.equal(predicted_class(logits), torch.tensor([0, 1, 2]))
+    expected = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    assert torch.equal(predicted_class(logits, multilabel=True), expected)
+
+
+def _trainer(epoch: int = 0, step: int = 0, epochs: int | None = 2, batches: float = 5, max_steps: int = -1):
+    return SimpleNamespace(
+        max_epochs=epochs,
+        num_training_batches=batches,
+        current_epoch=epoch,
+        global_step=step,
+        max_steps=max_steps,
+    )
+
+
+def test_p_end_moves_p_linearly_from_the_first_to_the_last_step() -> None:
+    cb = GroupCAMAugmentation(p=1.0, p_end=0.0)
+    steps = [(e, b) for e in range(2) for b in range(5)]  # 2 epochs x 5 batches
+    ps = [cb.p_at(_trainer(epoch=e), b) for e, b in steps]
+    assert ps == pytest.approx([1 - i / 9 for i in range(10)])
+    late = GroupCAMAugmentation(p=0.2, p_end=1.0, start_epoch=1)  # the schedule runs over epoch 1 only
+    assert [late.p_at(_trainer(epoch=1), b) for b in range(5)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    # no epoch limit: over trainer.max_steps
+    by_steps = GroupCAMAugmentation(p=0.0, p_end=1.0)
+    assert by_steps.p_at(_trainer(step=3, epochs=-1, max_steps=7), 3) == pytest.approx(0.5)
+    assert GroupCAMAugmentation(p=0.3).p_at(_trainer(epoch=1), 4) == 0.3  # no schedule: p throughout
 
 
 # ------------------------------------------------------------------------------------- inside Lightning
@@ -410,6 +501,27 @@ def test_start_epoch_and_every_n_steps(tmp_path: Path) -> None:
     assert cb.augmented_batches == 2
 
 
+def test_p_end_schedule_ends_the_fit_on_original_images(tmp_path: Path) -> None:
+    module = Recording()
+    cb = GroupCAMAugmentation(groups=4, p=1.0, p_end=0.0, log_every_n_steps=None)
+    fit(module, [cb], tmp_path, epochs=2)  # 8 steps: p = 1, 6/7, ..., 1/7, 0
+    originals = list(DataLoader(FixedData(), batch_size=4)) * 2
+    changed = [not torch.equal(s["image"], o["image"]) for s, o in zip(module.seen, originals)]
+    assert changed[0] and not changed[-1]  # all four images at p = 1; none at p = 0
+    assert 0 < cb.augmented_images < 32
+
+
+def test_bad_schedule_or_layer_fails_before_the_first_step(tmp_path: Path) -> None:
+    for cb, match in (
+        (GroupCAMAugmentation(groups=4, start_epoch=2), r"start_epoch=2 but trainer.max_epochs=2.*0\.\.1"),
+        (GroupCAMAugmentation(groups=4, layer="head9"), r"layer='head9'.*valid layer names"),
+    ):
+        module = Recording()
+        with pytest.raises(ValueError, match=match):
+            fit(module, [cb], tmp_path, epochs=2)
+        assert module.seen == []  # nothing trained
+
+
 # --------------------------------------------------------------------------------------------- logging
 
 
@@ -454,3 +566,13 @@ def test_augment_benchmark_reports_consistent_ratios_and_the_same_augmentation(c
     assert report["essential_s"] == pytest.approx(report["plain_s"] + report["passes_s"])
     assert report["mask_agreement"] == 1.0 and report["layer"] == "layer2"
     assert augment_benchmark.__defaults__[:3] == ("resnet18", 112, 16)
+
+
+def test_per_image_reference_of_the_benchmark_follows_a_relative_blur() -> None:
+    from icasc.callbacks.benchmark import release_like_augment
+
+    model, x, t = tiny(), images(size=48), torch.tensor([0, 3, 5, 9])
+    cb = attached(model, groups=4, blur_relative=True, blur_kernel=0.25, blur_sigma=0.1)
+    batched, single = cb.augment(x, t), release_like_augment(model, cb, x, t)
+    torch.testing.assert_close(single.maps, batched.maps, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(single.images, batched.images, rtol=1e-4, atol=1e-5)
