@@ -273,7 +273,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
         log.info("no logger: the learning-rate monitor is left out")
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    control = _check_before_after(cfg, init_from, trainer) if cfg.get("train", True) else None
+    control = _check_before_after(cfg, init_from, trainer)
+    if control is True and not cfg.get("train", True):
+        raise ValueError(
+            "before_after.control=true trains the control, and train=false trains nothing: pass "
+            "before_after.control=<the plain fine-tune's checkpoint or export> to score one"
+        )
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 

@@ -370,6 +370,16 @@ def test_control_true_trains_the_same_run_without_the_augmentation(train_cfg, tm
         (["before_after.control=true"], ValueError, "has none: add callbacks=groupcam_augmentation"),
         (["before_after.control=/no/such/run.ckpt"], FileNotFoundError, "before_after.control=/no/such"),
         (["before_after.split=train"], ValueError, r"before_after.split must be one of \('val', 'test'\)"),
+        (
+            [
+                "callbacks=groupcam_augmentation",
+                "before_after.control=true",
+                "train=false",
+                "ckpt_path=x.ckpt",
+            ],
+            ValueError,
+            "train=false trains nothing",
+        ),
     ],
 )
 def test_bad_report_options_fail_before_training(train_cfg, tmp_path, overrides, error, match):
