@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from icasc.callbacks.augmentation_grid import augmentation_grid, log_grid
-from icasc.callbacks.groupcam_blur import GroupCAMBlur, check_option, is_int
+from icasc.callbacks.groupcam_blur import GroupCAMBlur, check_option, is_int, is_number
 from icasc.callbacks.saliency_blur import Augmented
 
 __all__ = ["GroupCAMAugmentation"]
@@ -108,8 +108,7 @@ class GroupCAMAugmentation(GroupCAMBlur, L.Callback):
             mask_class=mask_class,
         )
         check_option(
-            p_end is None
-            or (isinstance(p_end, (int, float)) and not isinstance(p_end, bool) and 0 <= p_end <= 1),
+            p_end is None or (is_number(p_end) and 0 <= p_end <= 1),
             f"p_end must be a probability in [0, 1], or None to keep p throughout; got {p_end!r}",
         )
         check_option(

@@ -30,6 +30,7 @@ __all__ = [
     "blur_size",
     "check_option",
     "is_int",
+    "is_number",
     "predicted_class",
 ]
 
@@ -71,7 +72,8 @@ def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """Whether ``value`` is an int or a float (and not a bool)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -157,7 +159,7 @@ class GroupCAMBlur:
     ) -> None:
         if blur_relative is True:
             blur_checks = [
-                (_is_number(value) and 0 < value <= 1, _relative_message(name, value, paper))
+                (is_number(value) and 0 < value <= 1, _relative_message(name, value, paper))
                 for name, value, paper in (
                     ("blur_kernel", blur_kernel, (PAPER_BLUR[0], PAPER_RELATIVE_BLUR[0])),
                     ("blur_sigma", blur_sigma, (PAPER_BLUR[1], PAPER_RELATIVE_BLUR[1])),

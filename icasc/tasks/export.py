@@ -33,9 +33,16 @@ from icasc.tasks.before_after import (
     write_before_after,
 )
 
-__all__ = ["SPLITS", "model_card", "report_for_run", "run"]
+__all__ = ["SPLITS", "check_split", "model_card", "report_for_run", "run"]
 
 SPLITS = ("val", "test")
+
+
+def check_split(split: Any) -> None:
+    """Raise ``ValueError`` unless ``split`` names a held-out split the report can draw from."""
+    if split not in SPLITS:
+        raise ValueError(f"before_after.split must be one of {SPLITS} (the held-out images), got {split!r}")
+
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +134,7 @@ def report_for_run(
     )
     options = _settings(settings)
     split = options.pop("split", "val")
-    if split not in SPLITS:
-        raise ValueError(f"before_after.split must be one of {SPLITS} (the held-out images), got {split!r}")
+    check_split(split)
     datamodule.setup("validate" if split == "val" else "test")
     dataset = (datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()).dataset
     sources = {"initial": init_from, "finetuned": finetuned_source}

@@ -26,7 +26,7 @@ from icasc.models.files import check_checkpoint_file
 from icasc.models.loading import load_classifier, load_module_checkpoint, load_weights_into
 from icasc.models.module import ICASCModule
 from icasc.tasks.before_after import before_after_markdown, resolve_init_from, write_before_after
-from icasc.tasks.export import SPLITS, model_card, report_for_run
+from icasc.tasks.export import check_split, model_card, report_for_run
 from icasc.visualize import attention_figure
 
 __all__ = ["run"]
@@ -90,8 +90,8 @@ def _check_before_after(cfg: DictConfig, init_from: str | None, trainer: L.Train
     """The report's options checked before training; returns the control: ``True``, a path, or ``None``."""
     settings = cfg.get("before_after") or {}
     split = settings.get("split", "val")
-    if init_from and _wants_report(cfg) and split not in SPLITS:
-        raise ValueError(f"before_after.split must be one of {SPLITS} (the held-out images), got {split!r}")
+    if init_from and _wants_report(cfg):
+        check_split(split)
     control = settings.get("control")
     if not control:
         return None
