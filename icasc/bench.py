@@ -1,6 +1,7 @@
 """Speed measurements that print one JSON object as the last line of stdout.
 
     python -m icasc.bench step --backbone resnet18 --image-size 112 --batch-size 16
+    python -m icasc.bench step --source timm --backbone convnext_atto --image-size 112 --batch-size 16
     python -m icasc.bench saliency --backbone resnet18 --image-size 224 --batch-size 8
     python -m icasc.bench augment --backbone resnet18 --image-size 112 --batch-size 16
     python -m icasc.bench param-saliency --backbone resnet18 --image-size 64 --batch-size 32
@@ -16,7 +17,8 @@ import copy
 import json
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -56,17 +58,20 @@ def step_benchmark(
     warmup: int = 2,
     device: str = "cpu",
     seed: int = 0,
+    source: str | None = None,
 ) -> dict[str, object]:
     """Training-step time (forward, loss, backward, SGD step) of the baseline and of ICASC (all terms).
 
     ICASC is timed in both orders (``order="second"``: exact, ``"first"``: constant channel weights), all
     three sides interleaved in one process, starting from the same weights and seeing the same batch.
-    ``ratio`` and ``ratio_first`` are the ICASC step over the baseline step.
+    ``ratio`` and ``ratio_first`` are the ICASC step over the baseline step. ``source="timm"`` takes
+    ``backbone`` from timm (e.g. ``"convnext_atto"``) instead of icasc's registry.
     """
     torch.manual_seed(seed)
     dev = torch.device(device)
     off = {"separation_inner": 0.0, "separation_last": 0.0, "consistency": 0.0}
-    base = ICASCModule(backbone, num_classes, loss=ICASCLoss(weights=off), attention=attention).to(dev)
+    spec: str | Mapping[str, Any] = backbone if source is None else {"name": backbone, "source": source}
+    base = ICASCModule(spec, num_classes, loss=ICASCLoss(weights=off), attention=attention).to(dev)
     icasc = ICASCModule(copy.deepcopy(base.backbone), num_classes, loss=ICASCLoss(), attention=attention)
     icasc.to(dev)
     first = ICASCModule(
@@ -100,6 +105,7 @@ def step_benchmark(
         "ratio": med["icasc"] / med["baseline"],
         "ratio_first": med["icasc_first"] / med["baseline"],
         "backbone": backbone,
+        "source": source,
         "image_size": image_size,
         "batch_size": batch_size,
         "attention": attention,
@@ -143,6 +149,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         warmup=2,
     )
     step.add_argument("--attention", default="ach", choices=["ach", "gradcam"])
+    step.add_argument(
+        "--source", default=None, choices=["timm"], help="look --backbone up in timm (e.g. convnext_atto)"
+    )
     sal = _add_common(
         sub.add_parser("saliency", help="saliency methods: whole batch vs one image at a time"),
         image_size=224,
@@ -222,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
             dtype=getattr(torch, args.dtype),
         )
     else:
-        report = step_benchmark(**common, attention=args.attention)
+        report = step_benchmark(**common, attention=args.attention, source=args.source)
     print(json.dumps(report), flush=True)
     return report
 

@@ -367,6 +367,11 @@ def _fake_fashion_mnist(root: Path) -> tuple[Path, list[str]]:
     return write_fake_fashion_mnist(root), ["data.train_size=16", "data.val_size=8", "data.test_size=8"]
 
 
+def _fake_image_folder(root: Path) -> tuple[Path, list[str]]:
+    # the ImageNet fake is a train/val image folder (3 classes); data.num_classes is counted from it
+    return write_fake_imagenet(root, num_classes=3, per_class=2, size=36), []
+
+
 FAKE_DATASETS = {
     "cifar100": _fake_cifar100,
     "caltech256": _fake_caltech256,
@@ -374,6 +379,7 @@ FAKE_DATASETS = {
     "cub200": _fake_cub200,
     "voc2012": _fake_voc2012,
     "fashion_mnist": _fake_fashion_mnist,
+    "image_folder": _fake_image_folder,
 }
 # overrides that shrink each dataset's images for speed (backbone, loss, attention and schedule stay as set)
 SHRINK = {
@@ -383,4 +389,5 @@ SHRINK = {
     "cub200": ["data.image_size=64", "data.resize=72"],
     "voc2012": ["data.image_size=64", "data.resize=64"],
     "fashion_mnist": [],  # a 64 px canvas already
+    "image_folder": ["data.image_size=32", "data.resize=36"],
 }

@@ -6,6 +6,12 @@ loads with torchvision and safetensors alone, without icasc installed::
     import safetensors.torch, torchvision
     model = torchvision.models.resnet18(num_classes=10)
     model.load_state_dict(safetensors.torch.load_file("model.safetensors"))
+
+and a timm backbone (card ``backbone_kwargs: {"source": "timm"}``) with timm and safetensors alone::
+
+    import safetensors.torch, timm
+    model = timm.create_model("convnext_atto", num_classes=10)
+    model.load_state_dict(safetensors.torch.load_file("model.safetensors"))
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from icasc.models.backbones import TORCHVISION_BACKBONES, build_backbone
+from icasc.models.backbones import backbone_source, build_backbone
 from icasc.models.files import read_safetensors
 
 __all__ = [
@@ -70,11 +76,19 @@ def _json_default(obj: Any) -> Any:
 
 
 def _load_snippet(backbone: str, num_classes: int, backbone_kwargs: Mapping[str, Any]) -> str:
-    if backbone in TORCHVISION_BACKBONES:
-        args = ", ".join([f"num_classes={num_classes}", *(f"{k}={v!r}" for k, v in backbone_kwargs.items())])
+    """How to load the export without icasc (torchvision, timm), or with it (every other backbone)."""
+    kwargs = dict(backbone_kwargs)
+    source = backbone_source(backbone, kwargs.pop("source", None))
+    args = ", ".join([f"num_classes={num_classes}", *(f"{k}={v!r}" for k, v in kwargs.items())])
+    build = {
+        "torchvision": ("torchvision", f"torchvision.models.{backbone}({args})"),
+        "timm": ("timm", f"timm.create_model({backbone!r}, {args})"),
+    }
+    if source in build:
+        package, call = build[source]
         return (
-            "import safetensors.torch, torchvision\n"
-            f"model = torchvision.models.{backbone}({args})\n"
+            f"import safetensors.torch, {package}\n"
+            f"model = {call}\n"
             f'model.load_state_dict(safetensors.torch.load_file("{WEIGHTS_FILE}"))\n'
             "model.eval()\n"
         )

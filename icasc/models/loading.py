@@ -21,9 +21,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models import VGG, ResNet
 
-from icasc.models.backbones import TORCHVISION_BACKBONES, build_backbone
+from icasc.models.backbones import (
+    backbone_source,
+    build_backbone,
+    classifier_head,
+    find_backbone,
+    list_backbones,
+)
 from icasc.models.export import CARD_FILE, MAX_LISTED_KEYS, WEIGHTS_FILE, format_keys, load_exported
 from icasc.models.files import read_checkpoint, read_safetensors, reading_checkpoint
 from icasc.models.module import ICASCModule
@@ -258,15 +263,22 @@ def _export_state(path: Path, map_location: str | torch.device) -> tuple[dict[st
     return _strip(state, _COMPILED_PREFIX), about
 
 
+def _torchvision_names() -> str:
+    return ", ".join(name for name in list_backbones() if backbone_source(name) == "torchvision")
+
+
 def _classifier_head(model: nn.Module) -> nn.Linear:
-    if isinstance(model, ResNet):
-        return model.fc
-    if isinstance(model, VGG):
-        return model.classifier[6]
-    raise ValueError(
-        f"init_from=torchvision:... needs a torchvision backbone ({', '.join(TORCHVISION_BACKBONES)}), "
-        f"got a {type(model).__name__}; set model/backbone to one of them"
-    )
+    """The head of a torchvision backbone (as its registry entry declares it)."""
+    entry = find_backbone(model)
+    if entry is None or entry.source != "torchvision":
+        what = f"a {type(model).__name__}" + ("" if entry is None else f" (a {entry.source} backbone)")
+        timm = "; timm backbones load timm's weights with model.backbone.weights=DEFAULT or a tag"
+        raise ValueError(
+            f"init_from=torchvision:... needs a torchvision backbone ({_torchvision_names()}), got {what}; "
+            "set model/backbone to one of them"
+            + (timm if entry is not None and entry.source == "timm" else "")
+        )
+    return classifier_head(model)
 
 
 def _torchvision_weights(model: nn.Module, weights: str, arch: str | None) -> tuple[nn.Module, bool]:
@@ -280,10 +292,10 @@ def _torchvision_weights(model: nn.Module, weights: str, arch: str | None) -> tu
             f"init_from={TORCHVISION_PREFIX}{weights} needs the backbone's torchvision name: pass "
             "arch='resnet50' (the train task passes model.backbone.name)"
         )
-    if arch not in TORCHVISION_BACKBONES:
+    if backbone_source(arch) != "torchvision":
         raise ValueError(
             f"init_from={TORCHVISION_PREFIX}{weights} needs a torchvision backbone "
-            f"({', '.join(TORCHVISION_BACKBONES)}), the configured backbone is {arch!r}"
+            f"({_torchvision_names()}), the configured backbone is {arch!r}"
         )
     num_classes = _classifier_head(model).out_features
     try:

@@ -14,6 +14,7 @@ from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAUROC, MultilabelAveragePrecision
 
 from icasc.attention.mechanism import AttentionMechanism, AttentionOutput
+from icasc.data.contract import check_batch, check_data_fits_model, describe_data
 from icasc.losses.icasc import ICASCLoss
 from icasc.metrics.attention_stats import attention_overlap, attention_stats
 from icasc.metrics.ks import KSStatistic
@@ -125,7 +126,9 @@ class ICASCModule(L.LightningModule):
 
     Args:
         backbone: A registered backbone name, a mapping ``{"name": ..., **build_backbone kwargs}`` (e.g.
-            ``{"name": "resnet50", "weights": "IMAGENET1K_V2"}``), or a ready ``nn.Module``.
+            ``{"name": "resnet50", "weights": "IMAGENET1K_V2"}``; ``{"name": "convnext_tiny", "source":
+            "timm"}`` for a timm model), or a ready ``nn.Module``. Attention layers left ``None`` are the
+            backbone's registry defaults (:func:`~icasc.models.backbones.default_attention_layers`).
         num_classes: Number of classes.
         loss: The objective, or its ``config()`` mapping; default ``ICASCLoss()`` (all terms at weight 1).
         attention: ``"ach"`` (A_ch, Eq. 2) or ``"gradcam"`` (Eq. 1), or a mapping with ``method``,
@@ -249,19 +252,16 @@ class ICASCModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        data_classes = getattr(datamodule, "num_classes", None)
-        if data_classes is not None and int(data_classes) != self.num_classes:
-            raise ValueError(
-                f"the data has {data_classes} classes but the model was built for {self.num_classes}; "
-                "set model.num_classes to the data's (the configs use ${data.num_classes})"
-            )
-        data_multilabel = getattr(datamodule, "multilabel", None)
-        if data_multilabel is not None and bool(data_multilabel) != self.multilabel:
-            raise ValueError(
-                f"the data is {'multi' if data_multilabel else 'single'}-label but the loss is "
-                f"{'multi' if self.multilabel else 'single'}-label; "
-                f"set model.loss.multilabel={data_multilabel}"
-            )
+        if datamodule is None:  # loaders passed directly: their batches are checked on the first step
+            return
+        check_data_fits_model(
+            describe_data(datamodule, loaders=()),
+            self.num_classes,
+            self.multilabel,
+            "the model",
+            "set model.num_classes to the data's (the configs use ${data.num_classes})",
+            f"set model.loss.multilabel={getattr(datamodule, 'multilabel', False)}",
+        )
 
     # -- steps -------------------------------------------------------------------------------------------
 
@@ -307,6 +307,8 @@ class ICASCModule(L.LightningModule):
         return self.loss.attention_scale(self.current_epoch + fraction)
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if batch_idx == 0:
+            check_batch(batch, self.num_classes, self.multilabel, "the first training batch")
         images, targets = batch["image"], batch["target"]
         scale = self.attention_scale(batch_idx)
         total, terms, logits = self.compute_loss(images, targets, scale)
@@ -321,6 +323,22 @@ class ICASCModule(L.LightningModule):
             metric(logits.detach(), targets)
             self.log(f"train/{name}", metric, on_step=False, on_epoch=True, batch_size=batch_size)
         return total
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().backward(loss, *args, **kwargs)
+        except RuntimeError as error:
+            # order="second" differentiates the maps' channel weights (themselves gradients) again; some
+            # activations have no second derivative in PyTorch (e.g. Hardsigmoid/Hardswish in MobileNetV3)
+            if "derivative for" not in str(error) or "not implemented" not in str(error):
+                raise
+            if self.attention.order != "second":
+                raise
+            raise RuntimeError(
+                f"{error}\nThe backbone uses an operation without a second derivative, which ICASC's exact "
+                "(second-order) maps need: set model.attention.order=first (channel weights held constant "
+                "in the loss's backward), or use a backbone without it"
+            ) from error
 
     def score_batch(
         self, batch: Mapping[str, torch.Tensor], stage: str = "test", batch_idx: int = 0
@@ -341,6 +359,8 @@ class ICASCModule(L.LightningModule):
         """
         if stage not in ("val", "test"):
             raise ValueError(f"stage must be 'val' or 'test', got {stage!r}")
+        if batch_idx == 0:
+            check_batch(batch, self.num_classes, self.multilabel, f"the first {stage} batch")
         images, targets = batch["image"], batch["target"]
         if images.dim() not in (4, 5):
             raise ValueError(

@@ -38,6 +38,14 @@ def _new_dir(path: str) -> str:
             n += 1
 
 
+def _image_folder_classes(root: str | None) -> int:
+    """``${icasc_image_folder_classes:${.root}}``: the number of class folders of ``data=image_folder``."""
+    # imported when resolved: importing icasc.tasks stays free of the data stack
+    from icasc.data.folder_layout import count_image_folder_classes
+
+    return count_image_folder_classes(root)
+
+
 # Presets cannot mark a value as required with `???`: merging `???` over a default keeps the default.
 if not OmegaConf.has_resolver("icasc_required"):
     OmegaConf.register_new_resolver("icasc_required", _required)
@@ -45,3 +53,5 @@ if not OmegaConf.has_resolver("icasc_new_dir"):
     OmegaConf.register_new_resolver("icasc_new_dir", _new_dir, use_cache=True)
 if not OmegaConf.has_resolver("icasc_score_metric"):
     OmegaConf.register_new_resolver("icasc_score_metric", _score_metric)
+if not OmegaConf.has_resolver("icasc_image_folder_classes"):
+    OmegaConf.register_new_resolver("icasc_image_folder_classes", _image_folder_classes)

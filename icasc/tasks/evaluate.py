@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from icasc.data.contract import check_data_fits_model, describe_data
 from icasc.data.transforms import centre_view
 from icasc.losses.diagnostics import descent_effects
 from icasc.losses.icasc import ICASCLoss
@@ -432,25 +433,6 @@ def report_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _check_data(module: ICASCModule, datamodule: Any, path: Path, cfg: DictConfig) -> None:
-    data_classes = getattr(datamodule, "num_classes", None)
-    target = cfg.data.get("_target_", type(datamodule).__name__)
-    if data_classes is not None and int(data_classes) != module.num_classes:
-        raise ValueError(
-            f"{path} was trained for {module.num_classes} classes but the data ({target}) has "
-            f"{data_classes}: pick the data= group the model was trained on (e.g. data=cub200) or set "
-            f"data.num_classes={module.num_classes}"
-        )
-    data_multilabel = getattr(datamodule, "multilabel", None)
-    if data_multilabel is not None and bool(data_multilabel) != module.multilabel:
-        kind = "multi-label" if module.multilabel else "single-label"
-        raise ValueError(
-            f"{path} is a {kind} model but the data ({target}) is "
-            f"{'multi' if data_multilabel else 'single'}-label: pick the data= group the model was trained "
-            f"on or set data.multilabel={str(module.multilabel).lower()}"
-        )
-
-
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` on ``cfg.split`` of ``cfg.data`` and write the report (``conf/eval.yaml``).
 
@@ -468,8 +450,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
     path = Path(cfg.ckpt_path)
     datamodule = hydra.utils.instantiate(cfg.data)
-    module, info = load_module(path, getattr(datamodule, "multilabel", None))
-    _check_data(module, datamodule, path, cfg)
+    data = describe_data(datamodule, loaders=(split,))
+    module, info = load_module(path, data.multilabel)
+    check_data_fits_model(
+        data,
+        module.num_classes,
+        module.multilabel,
+        str(path),
+        f"pick the data= group the model was trained on (e.g. data=cub200) or set "
+        f"data.num_classes={module.num_classes}",
+        "pick the data= group the model was trained on or set "
+        f"data.multilabel={str(module.multilabel).lower()}",
+    )
     # null: the model's own (checkpoint hyper-parameter or model card), as -cn explain
     module.pointing_tolerance = resolve_tolerance(cfg.get("pointing_tolerance"), module.pointing_tolerance)
     module.val_attention = bool(cfg.get("attention_metrics", True))
@@ -489,9 +481,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         cfg.get("limit_batches"),
     )
     metrics, probs, targets = scored["metrics"], scored["probs"], scored["targets"]
-    names = list(getattr(datamodule, "class_names", None) or []) or [
-        str(c) for c in range(module.num_classes)
-    ]
+    names = data.names()
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {"report_json": "report.json", "report_md": "report.md"}
@@ -500,7 +490,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "num_images": scored["num_images"],
         "checkpoint": info,
         "data": {
-            "datamodule": str(cfg.data.get("_target_", type(datamodule).__name__)),
+            "datamodule": str(cfg.data.get("_target_", data.source)),
             "num_classes": module.num_classes,
             "multilabel": module.multilabel,
             "config": OmegaConf.to_container(cfg.data, resolve=True),
@@ -540,8 +530,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             loader.dataset,
             chosen,
             names,
-            datamodule.mean,
-            datamodule.std,
+            data.display_mean,
+            data.display_std,
             method,
             layer,
             out / "gallery.png",

@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from icasc.data.contract import describe_data
 from icasc.data.images import find_images, load_readable_images
 from icasc.data.transforms import centre_view
 from icasc.metrics.insertion_deletion import insertion_deletion
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 def _data_images(cfg: DictConfig) -> dict[str, Any]:
     datamodule = hydra.utils.instantiate(cfg.data)
+    data = describe_data(datamodule, loaders=("val",))
     datamodule.setup("validate")
     dataset = datamodule.val_dataloader().dataset
     n = min(int(cfg.num_images), len(dataset))
@@ -42,20 +44,31 @@ def _data_images(cfg: DictConfig) -> dict[str, Any]:
         "targets": batch["target"],
         "boxes": batch.get("box"),
         "names": [f"val_{i:04d}" for i in range(n)],
-        "mean": datamodule.mean,
-        "std": datamodule.std,
-        "class_names": datamodule.class_names,
+        "mean": data.display_mean,
+        "std": data.display_std,
+        "class_names": data.class_names,
     }
 
 
 def _file_images(cfg: DictConfig, info: dict[str, Any]) -> dict[str, Any]:
     card_input = info.get("input") or {}
-    if card_input:
-        mean, std, size = card_input["mean"], card_input["std"], card_input["image_size"]
-    else:  # a training checkpoint: the normalisation of the configured data
-        datamodule = hydra.utils.instantiate(cfg.data)
-        mean, std, size = datamodule.mean, datamodule.std, datamodule.image_size
-    size = int(cfg.get("image_size") or size)
+    if not card_input:  # a training checkpoint: the input of the configured data
+        card_input = describe_data(hydra.utils.instantiate(cfg.data), loaders=()).card_input()
+    mean, std, size = card_input.get("mean"), card_input.get("std"), cfg.get("image_size")
+    size = size or card_input.get("image_size")
+    if not size:
+        raise ValueError(
+            f"the input size of {cfg.ckpt_path} is unknown (its model card or data module does not record "
+            "image_size): pass image_size=<the side the model was trained on>"
+        )
+    if mean is None or std is None:
+        log.warning(
+            "the normalisation of %s is unknown (its model card or data module gives no mean/std): the "
+            "images are fed as [0, 1] pixels",
+            cfg.ckpt_path,
+        )
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    size = int(size)
     # unreadable files are skipped with a warning naming each; an error only when none is readable
     images, files = load_readable_images(find_images(cfg.images), size, mean, std, int(cfg.num_images))
     return {

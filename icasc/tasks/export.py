@@ -20,6 +20,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from icasc.data.contract import DataInfo, check_data_fits_model, describe_data
 from icasc.models.backbones import default_attention_layers
 from icasc.models.export import CARD_FILE, config_hash, export_backbone
 from icasc.models.loading import TORCHVISION_PREFIX, load_classifier, load_module_checkpoint
@@ -49,12 +50,13 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------------------- the tasks
 
 
-def model_card(module: ICASCModule, datamodule: Any, metrics: Mapping[str, Any], cfg: DictConfig) -> dict:
+def model_card(module: ICASCModule, data: DataInfo, metrics: Mapping[str, Any], cfg: DictConfig) -> dict:
     """The model card of a trained :class:`~icasc.models.ICASCModule` (see ``export_backbone``).
 
     Args:
         module: The trained module.
-        datamodule: Its data (class names, input size and normalisation).
+        data: What its data module gives (:func:`~icasc.data.contract.describe_data`): class names, input
+            size and normalisation, each ``None``/empty when the data module does not give it (unknown).
         metrics: The metrics to record.
         cfg: The composed config (hashed into ``config_hash``).
     """
@@ -65,12 +67,8 @@ def model_card(module: ICASCModule, datamodule: Any, metrics: Mapping[str, Any],
         "init_weights": module.backbone_spec.get("weights"),
         "num_classes": module.num_classes,
         "multilabel": module.multilabel,
-        "class_names": list(getattr(datamodule, "class_names", []) or []),
-        "input": {
-            "image_size": getattr(datamodule, "image_size", None),
-            "mean": list(datamodule.mean),
-            "std": list(datamodule.std),
-        },
+        "class_names": list(data.class_names or []),
+        "input": data.card_input(),
         "attention": {"method": module.attention.method, "layers": dict(module.attention.layers)},
         "loss_weights": dict(module.loss.weights),
         # the tolerance of the card's pointing_game, so -cn eval / explain score the export alike
@@ -155,7 +153,7 @@ def report_for_run(
     return report
 
 
-def _load_finetuned(path: Path, datamodule: Any, cfg: DictConfig) -> tuple[nn.Module, dict, dict]:
+def _load_finetuned(path: Path, data: DataInfo, cfg: DictConfig) -> tuple[nn.Module, dict, dict]:
     """The fine-tuned backbone, its info, and the base of its model card."""
     if path.suffix == ".ckpt":
         module = load_module_checkpoint(path, "ckpt_path")
@@ -166,10 +164,12 @@ def _load_finetuned(path: Path, datamodule: Any, cfg: DictConfig) -> tuple[nn.Mo
             "num_classes": module.num_classes,
             "attention_layers": dict(module.attention.layers),
         }
-        return module.backbone.eval(), info, model_card(module, datamodule, {}, cfg)
+        info["multilabel"] = module.multilabel
+        return module.backbone.eval(), info, model_card(module, data, {}, cfg)
     model, info = load_classifier(path)
     folder = path if path.is_dir() else path.parent
     card = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
+    info["multilabel"] = card.get("multilabel")
     generated = ("format", "format_version", "files", "created", "state_dict_keys", "load")
     return model, info, {k: v for k, v in card.items() if k not in generated}
 
@@ -208,13 +208,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 "pass init_from=<its current path>"
             )
     datamodule = hydra.utils.instantiate(cfg.data)
-    model, info, card = _load_finetuned(path, datamodule, cfg)
-    data_classes = getattr(datamodule, "num_classes", None)
-    if data_classes is not None and int(data_classes) != int(info["num_classes"]):
-        raise ValueError(
-            f"the configured data has {data_classes} classes but {path} was trained for "
-            f"{info['num_classes']}: pass the run's data config (e.g. data=imagenet data.root=...)"
-        )
+    split = cfg.get("split", "val")
+    check_split(split)
+    data = describe_data(datamodule, loaders=(split,))
+    model, info, card = _load_finetuned(path, data, cfg)
+    multilabel = info.get("multilabel")
+    check_data_fits_model(
+        data,
+        int(info["num_classes"]),
+        data.multilabel if multilabel is None else bool(multilabel),  # None: a card that does not record it
+        f"ckpt_path={path}",
+        "pass the run's data config (e.g. data=imagenet data.root=...)",
+        "pass the run's data config (the data= group it was trained on)",
+    )
     control = None
     if cfg.get("control"):
         control_path = Path(cfg.control)
@@ -223,7 +229,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 f"control={control_path}: no such file or directory (the plain fine-tune to compare with: "
                 "a .ckpt, an export directory or its model.safetensors)"
             )
-        control_model, control_info, _ = _load_finetuned(control_path, datamodule, cfg)
+        control_model, control_info, _ = _load_finetuned(control_path, data, cfg)
         if control_info["backbone"] != info["backbone"] or control_info["num_classes"] != info["num_classes"]:
             raise ValueError(
                 f"control={control_path} is a {control_info['backbone']} with {control_info['num_classes']} "

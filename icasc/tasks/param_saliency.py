@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
+from icasc.data.contract import DataInfo, check_data_fits_model, describe_data
 from icasc.models.export import CARD_FILE, config_hash, export_backbone
 from icasc.models.loading import load_classifier
 from icasc.saliency.base import eval_mode, normalize
@@ -68,6 +69,7 @@ class _Analysis:
     files: dict = field(default_factory=dict)
     maps: dict = field(default_factory=dict)
     neighbours: torch.Tensor | None = None
+    data: DataInfo | None = None  # what the data module gives (describe_data), set by run()
 
     @property
     def correct(self) -> torch.Tensor:
@@ -89,29 +91,33 @@ class _Analysis:
     def pictures(self, index: torch.Tensor) -> torch.Tensor:
         """``[n, H, W, 3]`` displayable images."""
         images = self.images(index)
-        return denormalize(images, self.datamodule.mean, self.datamodule.std).permute(0, 2, 3, 1)
+        return denormalize(images, self.data.display_mean, self.data.display_std).permute(0, 2, 3, 1)
 
     def top(self, index: torch.Tensor, k: int) -> torch.Tensor:
         return self.ps.top_filters(self.standardized[index], int(k))
 
     def label(self, c: int) -> str:
-        names = self.info.get("class_names") or getattr(self.datamodule, "class_names", None)
+        names = self.info.get("class_names") or self.data.class_names
         return names[c] if names else str(c)
 
 
-def _data(cfg: DictConfig, num_classes: int) -> Any:
+def _data(cfg: DictConfig, num_classes: int) -> tuple[Any, DataInfo]:
     datamodule = hydra.utils.instantiate(cfg.data)
-    if getattr(datamodule, "multilabel", False):
+    data = describe_data(datamodule, loaders=("val",))
+    if data.multilabel:
         raise ValueError(
             "param_saliency needs single-label data (one class per image): set data.multilabel=false"
         )
-    if datamodule.num_classes != num_classes:
-        raise ValueError(
-            f"the model at ckpt_path={cfg.ckpt_path} has {num_classes} classes but the data has "
-            f"{datamodule.num_classes}: set data.num_classes={num_classes} or use the data it was trained on"
-        )
+    check_data_fits_model(
+        data,
+        num_classes,
+        False,
+        f"the model at ckpt_path={cfg.ckpt_path}",
+        f"set data.num_classes={num_classes} or use the data it was trained on",
+        "set data.multilabel=false",
+    )
     datamodule.setup("validate")
-    return datamodule
+    return datamodule, data
 
 
 def _loader(datamodule: Any, batch_size: int | None) -> torch.utils.data.DataLoader:
@@ -347,25 +353,21 @@ def _tune_and_export(a: _Analysis) -> dict:
 
 def _card(a: _Analysis, joint: dict) -> dict:
     """The tuned copy's model card: the source export's card, or one built from the checkpoint's info."""
-    path, dm = Path(a.cfg.ckpt_path), a.datamodule
+    path, data = Path(a.cfg.ckpt_path), a.data
     folder = path if path.is_dir() else path.parent
     card: dict[str, Any] = {}
     if path.suffix != ".ckpt" and (folder / CARD_FILE).is_file():
         generated = ("format", "format_version", "files", "created", "state_dict_keys", "load")
         source = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
         card = {key: value for key, value in source.items() if key not in generated}
-    default_input = {
-        "image_size": getattr(dm, "image_size", None),
-        "mean": list(dm.mean),
-        "std": list(dm.std),
-    }
+    default_input = data.card_input()
     p = a.cfg.tune
     card.update(
         {
             "backbone": a.info["backbone"],
             "backbone_kwargs": a.info.get("backbone_kwargs") or {},
             "num_classes": int(a.info["num_classes"]),
-            "class_names": list(getattr(dm, "class_names", []) or []),
+            "class_names": list(data.class_names or []),
             "input": card.get("input") or default_input,
             "attention": card.get("attention") or {"layers": a.info.get("attention_layers") or {}},
             "tuned_from": str(a.cfg.ckpt_path),
@@ -390,7 +392,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
     torch.manual_seed(int(cfg.seed))
     model, info = load_classifier(cfg.ckpt_path)
-    datamodule = _data(cfg, int(info["num_classes"]))
+    datamodule, data = _data(cfg, int(info["num_classes"]))
     ps = _saliency(model, cfg.saliency, cfg.saliency.method)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -405,7 +407,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     stats = _stats(ps, profiles.profiles, cfg, out)
     a = _Analysis(
         cfg, model, info, datamodule, ps, ps.standardize(profiles.profiles), profiles.profiles,
-        profiles.targets, profiles.predictions, out, files={"stats": STATS_FILE},
+        profiles.targets, profiles.predictions, out, files={"stats": STATS_FILE}, data=data,
     )  # fmt: skip
     n = len(a.targets)
     log.info("profiled %d validation images: %d misclassified", n, len(a.wrong))

@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from icasc.callbacks.run_state import RunState
+from icasc.data.contract import DataInfo, check_data_fits_model, describe_data
 from icasc.data.transforms import centre_view
 from icasc.models.export import export_backbone
 from icasc.models.files import check_checkpoint_file
@@ -52,13 +53,13 @@ def _best_checkpoint(trainer: L.Trainer) -> str | None:
 
 def _export(
     module: ICASCModule,
-    datamodule: Any,
+    data: DataInfo,
     metrics: dict[str, float],
     cfg: DictConfig,
     out: Path,
     extra: dict[str, Any],
 ) -> Path:
-    card = {**model_card(module, datamodule, metrics, cfg), **extra}
+    card = {**model_card(module, data, metrics, cfg), **extra}
     return export_backbone(module.backbone, out / "export", card)["weights"]
 
 
@@ -181,7 +182,7 @@ def _before_after(
     )
 
 
-def _figure(module: ICASCModule, datamodule: Any, n: int, path: Path) -> Path:
+def _figure(module: ICASCModule, datamodule: Any, data: DataInfo, n: int, path: Path) -> Path:
     batch = next(iter(datamodule.val_dataloader()))
     images = centre_view(batch["image"][:n]).to(module.device)
     targets = batch["target"][:n].to(module.device)
@@ -194,13 +195,22 @@ def _figure(module: ICASCModule, datamodule: Any, n: int, path: Path) -> Path:
             images,
             targets,
             path,
-            datamodule.mean,
-            datamodule.std,
-            getattr(datamodule, "class_names", None),
+            data.display_mean,
+            data.display_std,
+            data.class_names,
             boxes,
         )
     finally:
         module.train(was_training)
+
+
+def _loaders(cfg: DictConfig) -> tuple[str, ...]:
+    """The data module's loaders this run uses (what :func:`describe_data` checks it has)."""
+    loaders = ["train", "val"] if cfg.get("train", True) else ["val"]
+    report_split = (cfg.get("before_after") or {}).get("split", "val")
+    if cfg.get("test") or (_init_from(cfg) and _wants_report(cfg) and report_split == "test"):
+        loaders.append("test")
+    return tuple(loaders)
 
 
 def _check_output_dir(out: Path, resume: str | None) -> None:
@@ -261,7 +271,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         check_checkpoint_file(resume, "ckpt_path")  # before any work: a truncated file fails now
     # _convert_="all": plain dicts and lists reach the constructors, so checkpoints hold no DictConfig
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    # the contract, before any work: one message lists everything the data module lacks
+    data = describe_data(datamodule, _loaders(cfg))
     module: ICASCModule = hydra.utils.instantiate(cfg.model, _convert_="all")
+    check_data_fits_model(
+        data,
+        module.num_classes,
+        module.multilabel,
+        "the model",
+        "set model.num_classes to the data's (the configs use ${data.num_classes})",
+        f"set model.loss.multilabel={data.multilabel}",
+    )
     if init_from:
         loaded = load_weights_into(module.backbone, init_from, arch=module.backbone_spec["name"])
         log.info("initialised the backbone from %s (%d tensors)", init_from, loaded["tensors"])
@@ -319,10 +339,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             extra["before_after"] = report
             outputs["before/after report"] = str(write_before_after(report, out)["markdown"])
         if cfg.get("export", True):
-            outputs["exported model"] = str(_export(module, datamodule, metrics, cfg, out, extra))
+            outputs["exported model"] = str(_export(module, data, metrics, cfg, out, extra))
         if cfg.get("figure") and cfg.figure.get("enabled", True):
             n = int(cfg.figure.get("num_images", 6))
-            outputs["attention figure"] = str(_figure(module, datamodule, n, out / "attention_maps.png"))
+            outputs["attention figure"] = str(
+                _figure(module, datamodule, data, n, out / "attention_maps.png")
+            )
         print(_summary(metrics, outputs), flush=True)
         if report is not None:
             print(before_after_markdown(report), flush=True)

@@ -62,6 +62,8 @@ def test_the_walk_sees_every_group():
 
 
 def _overrides(group: str, option: str, fake_roots) -> list[str]:
+    if (group, option) == ("model/backbone", "timm"):
+        return ["model.backbone.name=convnext_atto"]  # the option needs a timm architecture's name
     if group != "data" or option == "synthetic":
         return []
     root, extra = fake_roots(option)

@@ -142,9 +142,7 @@ def test_eval_bad_input(trained, tmp_path):
     ckpt = next((trained / "checkpoints").glob("epoch_*.ckpt"))
     with pytest.raises(ValueError, match="eval needs ckpt_path="):
         evaluate.run(compose_config("eval", FAST, tmp_path))
-    with pytest.raises(
-        ValueError, match=r"trained for 10 classes but the data .* has 5.*data.num_classes=10"
-    ):
+    with pytest.raises(ValueError, match=r"built for 10 classes but the data .* has 5.*data.num_classes=10"):
         evaluate.run(compose_config("eval", [f"ckpt_path={ckpt}", *FAST, "data.num_classes=5"], tmp_path))
     with pytest.raises(
         ValueError, match=r"single-label model but the data .* multi-label.*data.multilabel=false"

@@ -9,11 +9,17 @@ from torch import nn
 
 from icasc.models.backbones import (
     TORCHVISION_BACKBONES,
+    BackboneEntry,
+    backbone_source,
     build_backbone,
+    classifier_head,
     default_attention_layers,
+    find_backbone,
+    get_backbone,
     input_defaults,
     list_backbones,
     register_backbone,
+    unregister_backbone,
 )
 from icasc.models.cifar_resnet import CifarResNet
 from icasc.models.tiny import TinyCNN
@@ -267,3 +273,125 @@ def test_input_defaults() -> None:
     assert set(input_defaults("tiny_cnn")) == {"image_size", "mean", "std"}
     with pytest.raises(KeyError, match="resnet18"):
         input_defaults("nope")
+
+
+# ------------------------------------------------------------------------------- registry metadata
+
+
+@pytest.mark.parametrize(
+    ("name", "source", "head", "layers"),
+    [
+        ("resnet50", "torchvision", "fc", ("layer3", "layer4")),
+        ("vgg16", "torchvision", "classifier.6", ("features.22", "features.29")),
+        ("cifar_resnet20", "icasc", "fc", ("layer2", "layer3")),
+        ("tiny_cnn", "icasc", "fc", ("layer1", "layer2")),
+    ],
+)
+def test_entries_declare_their_metadata(name: str, source: str, head: str, layers: tuple[str, str]) -> None:
+    entry = get_backbone(name)
+    assert isinstance(entry, BackboneEntry) and entry.name == name
+    assert entry.source == source == backbone_source(name) and entry.head == head
+    assert (entry.pretrained is not None) == (source == "torchvision")
+    assert entry.input_defaults.as_dict() == input_defaults(name)
+    with torch.device("meta"):
+        model = build_backbone(name, num_classes=3)
+    assert entry.attention_layers(model) == layers == default_attention_layers(model)
+    assert find_backbone(model) is entry  # the name recorded on the built model, not its type
+    assert classifier_head(model) is model.get_submodule(head)
+    with pytest.raises(AttributeError):
+        entry.source = "user"  # type: ignore[misc]  (frozen)
+
+
+def test_models_built_outside_the_registry_are_found_by_type() -> None:
+    with torch.device("meta"):
+        vgg = torchvision.models.vgg19(num_classes=3)
+    assert find_backbone(vgg).source == "torchvision"
+    assert classifier_head(vgg) is vgg.classifier[6]
+    assert find_backbone(nn.Linear(2, 2)) is None
+    assert backbone_source("nope") is None
+
+
+def test_unknown_source_is_refused() -> None:
+    with pytest.raises(ValueError, match="timm"):
+        build_backbone("resnet18", num_classes=3, source="hub")
+    with pytest.raises(KeyError, match="source='timm'"):
+        get_backbone("convnext_tiny")  # a timm name asked of icasc's registry
+
+
+class _UserNet(nn.Module):
+    """A user's architecture, not known to icasc."""
+
+    def __init__(self, num_classes: int, width: int = 8) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 2, 1), nn.BatchNorm2d(width), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(width, 2 * width, 3, 2, 1), nn.ReLU())
+        self.head = nn.Sequential(nn.Dropout(0.0), nn.Linear(2 * width, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.stem(x)).mean(dim=(2, 3)))
+
+
+@pytest.fixture
+def user_backbone():
+    """``user_net`` registered for one test, removed afterwards (the registry is process-wide)."""
+
+    @register_backbone(
+        "user_net",
+        inner_layer="stem",
+        last_layer="block",
+        head="head.1",
+        input_defaults={"image_size": 32, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},
+    )
+    def build_user_net(num_classes: int, weights: str | None = None, **kwargs) -> nn.Module:
+        return _UserNet(num_classes, **kwargs)
+
+    yield "user_net"
+    unregister_backbone("user_net")
+
+
+def test_user_registered_backbone_trains_with_attention(user_backbone: str) -> None:
+    from icasc.models import ICASCModule
+
+    torch.manual_seed(0)
+    module = ICASCModule({"name": user_backbone, "width": 4}, num_classes=3)
+    assert user_backbone in list_backbones()
+    assert dict(module.attention.layers) == {"inner": "stem", "last": "block"}
+    assert get_backbone(user_backbone).source == "user"
+    assert classifier_head(module.backbone) is module.backbone.head[1]
+    assert input_defaults(user_backbone)["image_size"] == 32
+    images, targets = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    total, terms, _ = module.compute_loss(images, targets)
+    assert {"separation_inner", "separation_last", "consistency"} <= set(terms)
+    assert torch.isfinite(total)
+    total.backward()
+    grad = module.backbone.stem[0].weight.grad
+    assert grad is not None and torch.count_nonzero(grad) > 0
+    with pytest.raises(ValueError, match="already registered"):
+        register_backbone(user_backbone)(lambda num_classes, weights=None: nn.Identity())
+
+
+def test_unregister_removes_the_name(user_backbone: str) -> None:
+    entry = unregister_backbone(user_backbone)
+    assert entry.name == user_backbone and user_backbone not in list_backbones()
+    register_backbone(user_backbone)(entry.builder)  # registered anew (for the fixture's clean-up)
+    with pytest.raises(KeyError, match="nope"):
+        unregister_backbone("nope")
+
+
+def test_entry_without_layers_names_the_options() -> None:
+    register_backbone("bare_net")(lambda num_classes, weights=None: _UserNet(num_classes))
+    try:
+        model = build_backbone("bare_net", num_classes=2)
+        with pytest.raises(ValueError, match="inner_layer"):
+            default_attention_layers(model)
+        with pytest.raises(ValueError, match="head"):
+            classifier_head(model)
+    finally:
+        unregister_backbone("bare_net")
+
+
+def test_replace_classifier_in_a_sequential() -> None:
+    with torch.device("meta"):
+        model = torchvision.models.vgg16(num_classes=1000)
+    new = get_backbone("vgg16").replace_classifier(model, 7)
+    assert model.classifier[6] is new and new.out_features == 7 and new.weight.device.type == "cpu"

@@ -8,6 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from icasc.data.contract import DataInfo
 from icasc.metrics.pointing_game import (
     POINTING_TOLERANCE,
     PointingGame,
@@ -91,17 +92,13 @@ def test_eval_and_explain_use_the_tolerance_the_checkpoint_was_validated_with(tm
     assert summary["pointing_tolerance"] == 2.0
 
 
-class _Data:
-    """What the model card reads from a DataModule."""
-
-    class_names = ("a", "b", "c")
-    image_size = 32
-    mean = std = (0.5, 0.5, 0.5)
+# what the model card reads from a DataModule (icasc.data.contract.describe_data)
+_DATA = DataInfo("tests.Data", 3, class_names=("a", "b", "c"), image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
 
 
 def test_an_export_records_its_tolerance_for_eval_and_explain(tmp_path):
     module = ICASCModule("tiny_cnn", num_classes=3, pointing_tolerance=4.0)
-    card = model_card(module, _Data(), {}, OmegaConf.create({}))
+    card = model_card(module, _DATA, {}, OmegaConf.create({}))
     assert card["pointing_tolerance"] == 4.0
     export_backbone(module.backbone, tmp_path / "export", card)
     assert load_classifier(tmp_path / "export")[1]["pointing_tolerance"] == 4.0  # explain
