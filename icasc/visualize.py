@@ -13,13 +13,12 @@ import torch
 
 from icasc.attention.functional import max_normalize
 from icasc.attention.mechanism import AttentionMechanism
-from icasc.losses.functional import resize_map
 from icasc.metrics.ks import ks_curves, ks_statistic
+from icasc.utils import denormalize, resize_map
 
 __all__ = [
     "attention_figure",
     "confusion_gallery",
-    "denormalize",
     "difference_figure",
     "ks_figure",
     "method_grid",
@@ -35,13 +34,6 @@ COLUMNS = (
     "confusing · last",
     "overlay (true · last)",
 )
-
-
-def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Undo per-channel normalisation: ``[B,3,H,W]`` back to ``[0, 1]`` for display."""
-    m = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    return (images * s + m).clamp(0, 1)
 
 
 def show_overlay(ax: plt.Axes, image: torch.Tensor, saliency: torch.Tensor, alpha: float = 0.5) -> None:

@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from icasc.callbacks.augmentation_grid import augmentation_grid, log_grid
-from icasc.callbacks.groupcam_blur import GroupCAMBlur, check_option, is_int, is_number
+from icasc.callbacks.groupcam_blur import GroupCAMBlur
 from icasc.callbacks.saliency_blur import Augmented
+from icasc.utils import check_option, is_int, is_number
 
 __all__ = ["GroupCAMAugmentation"]
 

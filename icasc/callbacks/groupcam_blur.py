@@ -18,9 +18,10 @@ from icasc.callbacks.saliency_blur import (
     compose_augmented,
 )
 from icasc.models.backbones import default_attention_layers
-from icasc.saliency.base import check_images, eval_mode, resolve_target
+from icasc.saliency.base import check_images, resolve_target
 from icasc.saliency.blur import gaussian_blur
 from icasc.saliency.groupcam import GroupCAM
+from icasc.utils import check_option, eval_mode, is_int, is_number
 
 __all__ = [
     "MASK_CLASSES",
@@ -28,9 +29,6 @@ __all__ = [
     "PAPER_RELATIVE_BLUR",
     "GroupCAMBlur",
     "blur_size",
-    "check_option",
-    "is_int",
-    "is_number",
     "predicted_class",
 ]
 
@@ -59,22 +57,6 @@ def blur_size(kernel: float, sigma: float, relative: bool, height: int, width: i
         return int(kernel), float(sigma)
     side = min(height, width)
     return 2 * int(kernel * side / 2) + 1, float(sigma) * side
-
-
-def check_option(ok: bool, message: str) -> None:
-    """Raise ``ValueError(message)`` unless ``ok``."""
-    if not ok:
-        raise ValueError(message)
-
-
-def is_int(value: Any) -> bool:
-    """Whether ``value`` is an int (and not a bool)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value: Any) -> bool:
-    """Whether ``value`` is an int or a float (and not a bool)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _relative_message(name: str, value: Any, paper: tuple[int, float]) -> str:
@@ -173,7 +155,7 @@ class GroupCAMBlur:
                     f"blur_relative=true; got {blur_kernel!r}",
                 ),
                 (
-                    isinstance(blur_sigma, (int, float)) and blur_sigma > 0,
+                    is_number(blur_sigma) and blur_sigma > 0,
                     f"blur_sigma must be > 0 (pixels), got {blur_sigma!r}",
                 ),
             ]
@@ -189,13 +171,12 @@ class GroupCAMBlur:
             (threshold in THRESHOLDS, f"threshold must be one of {THRESHOLDS}, got {threshold!r}"),
             (compose in COMPOSITIONS, f"compose must be one of {COMPOSITIONS}, got {compose!r}"),
             (
-                isinstance(p, (int, float)) and 0.0 <= p <= 1.0,
+                is_number(p) and 0.0 <= p <= 1.0,
                 f"p must be a probability in [0, 1], got {p!r}",
             ),
             (mode in MODES, f"mode must be one of {MODES}, got {mode!r}"),
             (
-                memory_budget_mb is None
-                or (isinstance(memory_budget_mb, (int, float)) and memory_budget_mb > 0),
+                memory_budget_mb is None or (is_number(memory_budget_mb) and memory_budget_mb > 0),
                 f"memory_budget_mb must be > 0 or None, got {memory_budget_mb!r}",
             ),
             (seed is None or is_int(seed), f"seed must be an int or None, got {seed!r}"),

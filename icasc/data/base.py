@@ -1,43 +1,26 @@
-"""What icasc's datamodules share: dict batches, the loaders, the global batch size and argument checks."""
+"""What icasc's datamodules share: dict batches, the loaders, the global batch size and the data checks
+(argument checks shared by every room live in :mod:`icasc.utils`)."""
 
 from __future__ import annotations
 
-import numbers
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
-from icasc.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+from icasc.data.normalization import IMAGENET_MEAN, IMAGENET_STD
+from icasc.utils import check_int
 
 __all__ = [
     "DictDataModule",
     "ImageNetNormalizedDataModule",
-    "check_choice",
     "check_crop_sizes",
-    "check_int",
     "check_label_kind",
     "check_loader_args",
     "check_root",
     "check_root_exists",
 ]
-
-
-def check_int(name: str, value: Any, low: int, optional: bool = False) -> None:
-    """Raise ``ValueError`` unless ``value`` is an int ``>= low`` (or ``None`` when ``optional``)."""
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        kind = "None or an int" if optional else "an int"
-        raise ValueError(f"{name} must be {kind} >= {low}, got {value!r}")
-
-
-def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
-    """Raise ``ValueError`` unless ``value`` is one of ``choices`` (the message lists them)."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
 
 
 def check_root(root: str | Path | None, message: str) -> Path:

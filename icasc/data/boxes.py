@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from icasc.utils import is_number
+
 __all__ = [
     "BOX_SUFFIXES",
     "BoxRow",
@@ -146,17 +148,13 @@ def read_coco_boxes(path: str | Path) -> list[BoxRow]:
         image_id, bbox = _field(annotation, "image_id", where), _field(annotation, "bbox", where)
         if image_id not in names:
             raise ValueError(f"{where}: image_id {image_id!r} is not the id of any entry of 'images'")
-        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(is_number(v) for v in bbox):
             raise ValueError(f"{where}: bbox must be 4 numbers [x, y, w, h] in pixels, got {bbox!r}")
         x, y, w, h = (float(v) for v in bbox)
         rows.append(
             BoxRow(names[image_id], _check_box((x, y, x + w, y + h), where, "[x, y, x+w, y+h]"), where)
         )
     return rows
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_box_file(path: str | Path) -> Path:

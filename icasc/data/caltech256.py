@@ -29,7 +29,6 @@ from torchvision.datasets import Caltech256
 from icasc.data.base import (
     ImageNetNormalizedDataModule,
     check_crop_sizes,
-    check_int,
     check_label_kind,
     check_loader_args,
     check_root,
@@ -37,6 +36,7 @@ from icasc.data.base import (
 )
 from icasc.data.files import ImageFileDataset
 from icasc.data.transforms import eval_transform, train_transform
+from icasc.utils import check_int
 
 __all__ = ["Caltech256DataModule"]
 

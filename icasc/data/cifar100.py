@@ -30,13 +30,12 @@ from torchvision.transforms import v2
 
 from icasc.data.base import (
     DictDataModule,
-    check_choice,
-    check_int,
     check_label_kind,
     check_loader_args,
     check_root,
     check_root_exists,
 )
+from icasc.utils import check_choice, check_int
 
 __all__ = ["CIFAR100DataModule", "CIFARTensorDataset"]
 

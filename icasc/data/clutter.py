@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 
 from icasc.data._synthetic_render import _SPLIT_IDS, sample_seed
 from icasc.data.canvas import Box, content_boxes, crop_window, nonzero_box, paste, scale_image, scaled_shape
+from icasc.utils import check_int, is_number
 
 __all__ = [
     "CentredDataset",
@@ -47,7 +48,7 @@ __all__ = [
 
 def _pixels(value: Any, canvas_size: int, name: str) -> int:
     # ints are pixels, floats fractions of the canvas: the two spellings the configs allow
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if not is_number(value):
         raise ValueError(
             f"{name} must hold ints (pixels) or floats in (0, 1] (fractions of the canvas), got {value!r}"
         )
@@ -108,10 +109,8 @@ def check_clutter(
     Raises:
         ValueError: An option is out of range; the message names it and says what fits.
     """
-    if isinstance(canvas_size, bool) or not isinstance(canvas_size, numbers.Integral) or canvas_size < 1:
-        raise ValueError(f"{canvas_name} must be an int >= 1, got {canvas_size!r}")
-    if isinstance(distractors, bool) or not isinstance(distractors, numbers.Integral) or distractors < 0:
-        raise ValueError(f"{prefix}distractors must be an int >= 0, got {distractors!r}")
+    check_int(canvas_name, canvas_size, 1)
+    check_int(f"{prefix}distractors", distractors, 0)
     obj = size_range(object_size, canvas_size, f"{prefix}object_size")
     frag = size_range(fragment_size, canvas_size, f"{prefix}fragment_size")
     if canvas_size < obj[1]:
@@ -324,8 +323,7 @@ class CentredDataset(_CanvasDataset):
     def __init__(
         self, images: Tensor | np.ndarray, targets: Tensor | np.ndarray | Sequence[int], canvas_size: int
     ) -> None:
-        if isinstance(canvas_size, bool) or not isinstance(canvas_size, numbers.Integral) or canvas_size < 1:
-            raise ValueError(f"canvas_size must be an int >= 1, got {canvas_size!r}")
+        check_int("canvas_size", canvas_size, 1)
         super().__init__(images, targets)
         self.canvas_size = int(canvas_size)
 

@@ -28,13 +28,14 @@ Example:
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from lightning.pytorch.core.hooks import DataHooks
+
+from icasc.utils import is_int, is_number
 
 __all__ = [
     "ClassificationDataModule",
@@ -108,16 +109,12 @@ class DataInfo:
         }
 
 
-def _is_int(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, numbers.Integral)
-
-
 def _floats(value: Any) -> tuple[float, ...] | None:
     if isinstance(value, torch.Tensor):
         value = value.tolist()
     if isinstance(value, str) or not isinstance(value, Sequence):
         return None
-    if not value or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value):
+    if not value or not all(is_number(v) for v in value):
         return None
     return tuple(float(v) for v in value)
 
@@ -156,7 +153,7 @@ def describe_data(datamodule: Any, loaders: Sequence[str] = ("train", "val")) ->
             "num_classes is missing: add an attribute or property num_classes (an int >= 1), e.g. set "
             "self.num_classes in __init__ and num_classes: <N> in the data yaml"
         )
-    elif not _is_int(num_classes) or num_classes < 1:
+    elif not is_int(num_classes) or num_classes < 1:
         problems.append(f"num_classes must be an int >= 1, got {num_classes!r}")
     for name in loaders:
         method = getattr(cls, f"{name}_dataloader", None)
@@ -173,12 +170,12 @@ def describe_data(datamodule: Any, loaders: Sequence[str] = ("train", "val")) ->
     if class_names is not None and len(class_names) > 0:
         if isinstance(class_names, str) or not isinstance(class_names, Sequence):
             problems.append(f"class_names must be a list of strings, got {type(class_names).__name__}")
-        elif _is_int(num_classes) and num_classes >= 1 and len(class_names) != num_classes:
+        elif is_int(num_classes) and num_classes >= 1 and len(class_names) != num_classes:
             problems.append(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
         else:
             names = tuple(str(c) for c in class_names)
     image_size = _read(datamodule, "image_size", problems)
-    if image_size is not None and (not _is_int(image_size) or image_size < 1):
+    if image_size is not None and (not is_int(image_size) or image_size < 1):
         problems.append(f"image_size must be an int >= 1 (the side of the model's input), got {image_size!r}")
     stats: dict[str, tuple[float, ...] | None] = {}
     for key in ("mean", "std"):

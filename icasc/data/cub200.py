@@ -31,7 +31,6 @@ from torch import Tensor
 from icasc.data.base import (
     ImageNetNormalizedDataModule,
     check_crop_sizes,
-    check_int,
     check_label_kind,
     check_loader_args,
     check_root,
@@ -39,6 +38,7 @@ from icasc.data.base import (
 )
 from icasc.data.files import ImageFileDataset
 from icasc.data.transforms import box_transform
+from icasc.utils import check_int
 
 __all__ = ["CUB200DataModule", "read_cub_metadata"]
 

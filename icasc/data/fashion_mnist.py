@@ -26,7 +26,6 @@ from torch.utils.data import Dataset
 
 from icasc.data.base import (
     DictDataModule,
-    check_int,
     check_label_kind,
     check_loader_args,
     check_root,
@@ -35,6 +34,7 @@ from icasc.data.base import (
 from icasc.data.clutter import CentredDataset, ClutteredDataset, check_clutter
 from icasc.data.idx import read_idx
 from icasc.data.synthetic import RandomHorizontalFlip
+from icasc.utils import check_int
 
 __all__ = ["CLASS_NAMES", "DEFAULT_CLUTTER", "FILES", "FashionMNISTDataModule", "find_files", "load_split"]
 

@@ -35,7 +35,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from icasc.data.base import DictDataModule, check_crop_sizes, check_int, check_loader_args, check_root
+from icasc.data.base import DictDataModule, check_crop_sizes, check_loader_args, check_root
 from icasc.data.boxes import BoxRow, check_box_file, enclosing_boxes, read_box_file
 from icasc.data.files import ImageFileDataset
 from icasc.data.folder_layout import (
@@ -47,8 +47,9 @@ from icasc.data.folder_layout import (
     split_per_class,
     unreadable_images,
 )
+from icasc.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from icasc.data.transforms import eval_transform, train_transform
-from icasc.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+from icasc.utils import check_int
 
 __all__ = ["ImageFolderDataModule", "count_image_folder_classes"]
 

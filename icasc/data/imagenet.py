@@ -26,13 +26,13 @@ from torchvision.transforms import v2
 from icasc.data.base import (
     ImageNetNormalizedDataModule,
     check_crop_sizes,
-    check_int,
     check_label_kind,
     check_loader_args,
     check_root,
     check_root_exists,
 )
 from icasc.data.transforms import eval_transform, ten_crop_transform, train_transform
+from icasc.utils import check_int
 
 __all__ = [
     "DictImageDataset",

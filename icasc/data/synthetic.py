@@ -30,6 +30,7 @@ from icasc.data._synthetic_render import (
     render_split,
 )
 from icasc.data.base import DictDataModule
+from icasc.utils import is_int, is_number
 
 __all__ = [
     "SHAPES",
@@ -61,8 +62,8 @@ def class_parts(num_classes: int) -> list[tuple[str, str]]:
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if not is_int(value):
+        raise ValueError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
     if value < lo or (hi is not None and value > hi):
         valid = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
         raise ValueError(f"{name} must be in {valid}, got {value}")
@@ -73,13 +74,13 @@ def _validate(
 ) -> None:
     _check_int("num_classes", num_classes, 2, MAX_CLASSES)
     _check_int("image_size", image_size, 32)
-    if isinstance(clutter, bool) or not isinstance(clutter, int | float):
-        raise TypeError(f"clutter must be a float, got {type(clutter).__name__} ({clutter!r})")
+    if not is_number(clutter):
+        raise ValueError(f"clutter must be a float, got {type(clutter).__name__} ({clutter!r})")
     if not 0.0 <= clutter <= 1.0:
         raise ValueError(f"clutter must be in [0, 1], got {clutter}")
     _check_int("distractors", distractors, 0)
     if not isinstance(multilabel, bool):
-        raise TypeError(f"multilabel must be a bool, got {type(multilabel).__name__} ({multilabel!r})")
+        raise ValueError(f"multilabel must be a bool, got {type(multilabel).__name__} ({multilabel!r})")
     _check_int("max_objects", max_objects, 1, num_classes)
 
 
@@ -120,8 +121,7 @@ class SyntheticShapes(Dataset):
         split: One of ``"train"``, ``"val"``, ``"test"``; different splits are different samples.
 
     Raises:
-        ValueError: If an argument is out of its valid range.
-        TypeError: If an argument has the wrong type.
+        ValueError: If an argument has the wrong type or is out of its valid range.
     """
 
     def __init__(
@@ -287,8 +287,7 @@ class SyntheticDataModule(DictDataModule):
         augment: If True, training samples are horizontally flipped (boxes too) with probability 0.5.
 
     Raises:
-        ValueError: If an argument is out of its valid range.
-        TypeError: If an argument has the wrong type.
+        ValueError: If an argument has the wrong type or is out of its valid range.
     """
 
     def __init__(

@@ -17,7 +17,7 @@ from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from icasc.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+from icasc.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "CENTRE_CROP",

@@ -37,15 +37,14 @@ from torchvision.transforms import v2
 
 from icasc.data.base import (
     ImageNetNormalizedDataModule,
-    check_choice,
     check_crop_sizes,
-    check_int,
     check_label_kind,
     check_loader_args,
     check_root,
     check_root_exists,
 )
 from icasc.data.transforms import box_transform, load_rgb, transform_boxes
+from icasc.utils import check_choice, check_int
 
 __all__ = ["VOC_CLASSES", "VOC2012DataModule", "VOCMultiLabelDataset", "parse_voc_objects"]
 

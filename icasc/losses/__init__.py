@@ -1,6 +1,6 @@
 """ICASC losses: pure functions (Eq. 3-5) and the combined objective (Eq. 6)."""
 
-from icasc.losses.functional import attention_consistency, attention_separation, resize_map, target_mask
+from icasc.losses.functional import attention_consistency, attention_separation, target_mask
 from icasc.losses.icasc import DEFAULT_WEIGHTS, ICASCLoss
 
 __all__ = [
@@ -8,6 +8,5 @@ __all__ = [
     "ICASCLoss",
     "attention_consistency",
     "attention_separation",
-    "resize_map",
     "target_mask",
 ]

@@ -7,14 +7,12 @@ finite loss and a finite gradient.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 __all__ = [
     "SEPARATION_GRADIENTS",
     "attention_consistency",
     "attention_ramp",
     "attention_separation",
-    "resize_map",
     "target_mask",
 ]
 
@@ -29,7 +27,7 @@ def _check_maps(*maps: torch.Tensor) -> None:
         if m.shape != shape:
             raise ValueError(
                 f"attention maps must share one shape, got {tuple(shape)} and {tuple(m.shape)}; "
-                "resize the mask with resize_map() when the layers' resolutions differ"
+                "resize the mask with icasc.utils.resize_map() when the layers' resolutions differ"
             )
 
 
@@ -166,10 +164,3 @@ def attention_ramp(epoch: float, warmup_epochs: float = 0.0, ramp_epochs: float 
     if ramp_epochs <= 0:
         return 1.0
     return min(1.0, progress / ramp_epochs)
-
-
-def resize_map(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of ``[B, h, w]`` maps to ``size`` (``align_corners=False``); identity if equal."""
-    if tuple(maps.shape[-2:]) == tuple(size):
-        return maps
-    return F.interpolate(maps.unsqueeze(1), size=tuple(size), mode="bilinear", align_corners=False).squeeze(1)

@@ -15,9 +15,9 @@ from icasc.losses.functional import (
     attention_consistency,
     attention_ramp,
     attention_separation,
-    resize_map,
     target_mask,
 )
+from icasc.utils import is_number, resize_map
 
 __all__ = ["DEFAULT_WEIGHTS", "ICASCLoss"]
 
@@ -92,7 +92,7 @@ class ICASCLoss:
                 f"separation_gradient must be one of {SEPARATION_GRADIENTS}, got {separation_gradient!r}"
             )
         for name, value in (("warmup_epochs", warmup_epochs), ("ramp_epochs", ramp_epochs)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            if not is_number(value) or value < 0:
                 raise ValueError(f"model.loss.{name} must be a number >= 0 (epochs), got {value!r}")
         self.separation_gradient = separation_gradient
         self.warmup_epochs, self.ramp_epochs = float(warmup_epochs), float(ramp_epochs)

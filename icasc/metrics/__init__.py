@@ -4,7 +4,7 @@
 - Pointing game (Grad-CAM §4.3, Group-CAM §4.4): :func:`pointing_game_hits`, :class:`PointingGame`.
 - Weakly-supervised localisation (Grad-CAM §4.1): :func:`localization_error`, :class:`LocalizationError`.
 - KS separation of the true and the most confusing class (ICASC §4.2.1, Fig. 9): :func:`ks_statistic`,
-  :func:`class_probabilities`, :class:`KSStatistic`.
+  :func:`true_and_confused_probabilities`, :class:`KSStatistic` (:class:`KSThreshold`, :class:`KSSign`).
 - Faithfulness vs occlusion (Grad-CAM §5.3): :func:`spearman`, :func:`faithfulness`, :class:`Faithfulness`.
 - Sanity check (Group-CAM §4.5): :func:`sanity_check`, :func:`ssim`.
 - Attention diagnostics per map (mass inside the box, peakedness, pointing game): :func:`mass_in_box`,
@@ -20,13 +20,15 @@ from icasc.metrics.insertion_deletion import (
     step_counts,
 )
 from icasc.metrics.ks import (
+    KSSign,
     KSStatistic,
-    class_probabilities,
+    KSThreshold,
     ecdf,
     ks_curves,
     ks_sign,
     ks_statistic,
     most_confused,
+    true_and_confused_probabilities,
 )
 from icasc.metrics.localization import (
     LocalizationError,
@@ -42,13 +44,14 @@ from icasc.metrics.sanity import parameter_layers, sanity_check, ssim
 __all__ = [
     "Faithfulness",
     "InsertionDeletion",
+    "KSSign",
     "KSStatistic",
+    "KSThreshold",
     "LocalizationError",
     "PointingGame",
     "attention_overlap",
     "attention_stats",
     "box_iou",
-    "class_probabilities",
     "connected_components",
     "ecdf",
     "faithfulness",
@@ -69,4 +72,5 @@ __all__ = [
     "spearman",
     "ssim",
     "step_counts",
+    "true_and_confused_probabilities",
 ]

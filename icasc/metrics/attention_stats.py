@@ -10,7 +10,7 @@ Per-map statistics that show how attention changes during training (logged by
 :func:`attention_stats` computes all three for a batch of maps. Boxes use the coordinates of the pointing
 game: ``(x0, y0, x1, y1)`` in input pixels, pixel-edge convention (pixel ``(i, j)`` covers
 ``[j, j+1) x [i, i+1)``), and maps are brought to the input size the same way (bilinear resize,
-``align_corners=False``, :func:`~icasc.losses.functional.resize_map`).
+``align_corners=False``, :func:`~icasc.utils.resize_map`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import math
 import torch
 
 from icasc.attention.functional import max_normalize
-from icasc.losses.functional import attention_separation, resize_map, target_mask
+from icasc.losses.functional import attention_separation, target_mask
 from icasc.metrics.pointing_game import _box_set, _check_maps, pointing_game_hits
+from icasc.utils import resize_map
 
 __all__ = ["attention_overlap", "attention_stats", "mass_in_box", "peakedness"]
 

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 
-from icasc.losses.functional import resize_map
 from icasc.saliency.base import TargetLike
 from icasc.saliency.occlusion import Occlusion
+from icasc.utils import resize_map
 
 __all__ = ["Faithfulness", "faithfulness", "occlusion_faithfulness", "rankdata", "spearman"]
 
@@ -53,6 +53,12 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
     The Pearson correlation of the ranks of the flattened samples. It is undefined, and returned as NaN
     (as scipy does), for a sample where either tensor is constant.
+
+    Not ``torchmetrics.functional.spearman_corrcoef``: it returns 0, not NaN, for a constant sample, ranks
+    one column at a time in a Python loop (measured 4.2x this function's time on 8 maps of 224x224 and
+    16x on 64 maps of 14x14 on the CPU; 4.4x and 24x on an H100), and sums tied ranks in int32, which
+    overflows on large maps with many ties (384x384 maps, half zeros: -0.00202 where scipy and this
+    function give -0.00218).
 
     Args:
         a: ``[B, ...]`` values.
@@ -100,7 +106,7 @@ def faithfulness(maps: torch.Tensor, occlusion_maps: torch.Tensor) -> torch.Tens
     if not isinstance(occlusion_maps, torch.Tensor) or occlusion_maps.shape != maps.shape:
         raise ValueError(
             f"occlusion_maps must have the maps' shape {tuple(maps.shape)}, got {_shape(occlusion_maps)}; "
-            "resize one of them first (icasc.losses.functional.resize_map)"
+            "resize one of them first (icasc.utils.resize_map)"
         )
     return spearman(maps, occlusion_maps)
 

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 
-from icasc.losses.functional import resize_map
-from icasc.saliency.base import TargetLike, check_images, eval_mode, resolve_target
+from icasc.saliency.base import TargetLike, check_images, resolve_target
 from icasc.saliency.blur import gaussian_blur
+from icasc.utils import eval_mode, is_int, resize_map
 
 __all__ = ["InsertionDeletion", "insertion_deletion", "step_counts"]
 
@@ -110,7 +110,7 @@ def insertion_deletion(
         raise ValueError(f"maps must be [B, h, w] with B = {b}, got {_shape(maps)}")
     if not bool(torch.isfinite(maps).all()):
         raise ValueError("maps contain NaN or inf")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
+    if not is_int(chunk_size) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     counts = step_counts(h * w, step_fraction).to(images.device)
     steps = counts.numel() - 1

@@ -11,9 +11,9 @@ The ECDFs are right-continuous step functions that only change at sample points,
 at a sample point and evaluating both CDFs at every sample point (ties included) gives it exactly; the value
 equals ``scipy.stats.ks_2samp(target, confused).statistic`` (two-sided). The statistic is two-sided, so a
 model that ranks the confusing class *above* the true one also scores high; :func:`ks_sign` (``sign`` in
-:meth:`KSStatistic.compute`) tells the two cases apart (+1: the target probabilities are the higher ones, the
-margin of Fig. 9). For any classifier with useful accuracy the sign is +1 and the two-sided statistic equals
-the one-sided margin ``sup_x (F_confused(x) - F_target(x))``.
+:meth:`KSStatistic.compute_details`, and :class:`KSSign`) tells the two cases apart (+1: the target
+probabilities are the higher ones, the margin of Fig. 9). For any classifier with useful accuracy the sign is
++1 and the two-sided statistic equals the one-sided margin ``sup_x (F_confused(x) - F_target(x))``.
 """
 
 from __future__ import annotations
@@ -25,13 +25,15 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 __all__ = [
+    "KSSign",
     "KSStatistic",
-    "class_probabilities",
+    "KSThreshold",
     "ecdf",
     "ks_curves",
     "ks_sign",
     "ks_statistic",
     "most_confused",
+    "true_and_confused_probabilities",
 ]
 
 
@@ -113,7 +115,9 @@ def ks_sign(true_probs: torch.Tensor, confused_probs: torch.Tensor, threshold: t
     return 1 if float(ecdf(confused_probs, at)) >= float(ecdf(true_probs, at)) else -1
 
 
-def class_probabilities(probs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def true_and_confused_probabilities(
+    probs: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The target-class and most-confusing-class probabilities of a batch (ICASC §4.2.1).
 
     Single-label (``targets`` ``[B]`` class indices): one pair per image, the probability of the label and
@@ -186,7 +190,7 @@ def most_confused(probs: torch.Tensor, targets: torch.Tensor, k: int) -> dict[st
         each, ``k' = min(k, candidates)``.
     """
     if targets.dim() == 1:
-        true_prob, _ = class_probabilities(probs, targets)
+        true_prob, _ = true_and_confused_probabilities(probs, targets)
         true_class = targets.long()
         confused_prob, confused_class = probs.scatter(1, true_class[:, None], float("-inf")).max(dim=1)
         valid = torch.ones_like(true_class, dtype=torch.bool)
@@ -215,13 +219,19 @@ class KSStatistic(Metric):
     gathers all samples before ``compute`` (the statistic of a union is not a function of the parts'
     statistics).
 
+    ``compute`` gives the statistic alone, a scalar that ``LightningModule.log`` takes like any other metric;
+    :meth:`compute_details` gives it with its threshold, sign and the samples. :class:`KSThreshold` and
+    :class:`KSSign` are the same metric computing the threshold and the sign, for code that logs or collects
+    each value as one metric.
+
     Args:
         **kwargs: Passed to :class:`torchmetrics.Metric`.
 
     Example:
         >>> ks = KSStatistic()
         >>> ks.update(logits.softmax(dim=1), labels)  # doctest: +SKIP
-        >>> ks.compute()["statistic"]  # doctest: +SKIP
+        >>> ks.compute()  # doctest: +SKIP
+        >>> ks.compute_details()["threshold"]  # doctest: +SKIP
     """
 
     is_differentiable = False
@@ -236,23 +246,14 @@ class KSStatistic(Metric):
     def update(self, probs: torch.Tensor, targets: torch.Tensor) -> None:
         """Add a batch: ``probs`` ``[B, C]`` probabilities, ``targets`` ``[B]`` or ``[B, C]`` multi-hot.
 
-        See :func:`class_probabilities` for the pairs each form gives.
+        See :func:`true_and_confused_probabilities` for the pairs each form gives.
         """
-        true_p, confused_p = class_probabilities(probs.detach(), targets)
+        true_p, confused_p = true_and_confused_probabilities(probs.detach(), targets)
         self.true_probs.append(true_p.float())
         self.confused_probs.append(confused_p.float())
 
-    def compute(self) -> dict[str, torch.Tensor]:
-        """The statistic and threshold (float64 scalars) and the samples, as a dict.
-
-        Keys: ``statistic``, ``threshold``, ``sign`` (see :func:`ks_sign`), ``true_probs``,
-        ``confused_probs``.
-
-        The samples are in update order (within a process), for the CDF chart (:func:`ks_curves`).
-
-        Raises:
-            ValueError: No sample was seen.
-        """
+    def _samples(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The target and confused probabilities seen, in update order (within a process)."""
         # after a DDP sync the states are already one gathered tensor; before, lists of batches
         if isinstance(self.true_probs, list) and not self.true_probs:
             true_p = confused_p = torch.empty(0)
@@ -260,13 +261,72 @@ class KSStatistic(Metric):
             true_p, confused_p = dim_zero_cat(self.true_probs), dim_zero_cat(self.confused_probs)
         if true_p.numel() == 0 or confused_p.numel() == 0:
             raise ValueError(
-                "KSStatistic.compute() before any sample: call update() with a non-empty batch first"
+                f"{type(self).__name__}.compute() before any sample: call update() with a non-empty batch "
+                "first"
             )
-        statistic, threshold = ks_statistic(true_p, confused_p)
-        return {
-            "statistic": statistic,
-            "threshold": threshold,
-            "sign": ks_sign(true_p, confused_p, threshold),
-            "true_probs": true_p,
-            "confused_probs": confused_p,
-        }
+        return true_p, confused_p
+
+    def compute(self) -> torch.Tensor:
+        """The KS statistic, a float64 scalar (see :func:`ks_statistic`).
+
+        Raises:
+            ValueError: No sample was seen.
+        """
+        return ks_statistic(*self._samples())[0]
+
+    def compute_details(self) -> dict[str, torch.Tensor | int]:
+        """The statistic and threshold (float64 scalars), the sign and the samples, as a dict.
+
+        Keys: ``statistic``, ``threshold``, ``sign`` (an int, see :func:`ks_sign`), ``true_probs``,
+        ``confused_probs``. Under DDP the samples of every process are gathered first, as in ``compute``.
+
+        The samples are in update order (within a process), for the CDF chart (:func:`ks_curves`).
+
+        Raises:
+            ValueError: No sample was seen.
+        """
+        with self.sync_context(dist_sync_fn=self.dist_sync_fn):
+            true_p, confused_p = self._samples()
+            statistic, threshold = ks_statistic(true_p, confused_p)
+            return {
+                "statistic": statistic,
+                "threshold": threshold,
+                "sign": ks_sign(true_p, confused_p, threshold),
+                "true_probs": true_p,
+                "confused_probs": confused_p,
+            }
+
+
+class KSThreshold(KSStatistic):
+    """The probability at which the KS statistic occurs (the threshold of Fig. 9), as a metric.
+
+    Same states and ``update`` as :class:`KSStatistic`; ``compute`` gives the threshold, a float64 scalar.
+    """
+
+    higher_is_better = None
+
+    def compute(self) -> torch.Tensor:
+        """The threshold of :func:`ks_statistic`, a float64 scalar.
+
+        Raises:
+            ValueError: No sample was seen.
+        """
+        return ks_statistic(*self._samples())[1]
+
+
+class KSSign(KSStatistic):
+    """Which way the KS gap points (:func:`ks_sign`: +1 when the true class lies above the confusing one).
+
+    Same states and ``update`` as :class:`KSStatistic`; ``compute`` gives the sign, an int64 scalar.
+    """
+
+    higher_is_better = None
+
+    def compute(self) -> torch.Tensor:
+        """``+1`` or ``-1``, an int64 scalar.
+
+        Raises:
+            ValueError: No sample was seen.
+        """
+        true_p, confused_p = self._samples()
+        return torch.tensor(ks_sign(true_p, confused_p, ks_statistic(true_p, confused_p)[1]))

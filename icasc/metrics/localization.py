@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
-from icasc.losses.functional import resize_map
 from icasc.metrics.pointing_game import _box_set
+from icasc.utils import is_int, resize_map
 
 __all__ = [
     "LocalizationError",
@@ -244,7 +244,7 @@ class LocalizationError(Metric):
     ) -> None:
         super().__init__(**kwargs)
         top_k = tuple(top_k)
-        if not top_k or any(not isinstance(k, int) or k < 1 for k in top_k):
+        if not top_k or any(not is_int(k) or k < 1 for k in top_k):
             raise ValueError(f"top_k must be positive ints, got {top_k}")
         if not 0.0 <= threshold <= 1.0 or not 0.0 <= iou_threshold <= 1.0:
             raise ValueError(

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import torch
 from torchmetrics import Metric
 
-from icasc.losses.functional import resize_map
+from icasc.utils import is_int, is_number, resize_map
 
 __all__ = ["POINTING_TOLERANCE", "PointingGame", "pointing_game_hits", "resolve_tolerance"]
 
@@ -52,7 +52,7 @@ def resolve_tolerance(tolerance: float | None, model_tolerance: float | None = N
         if model_tolerance is None:
             return POINTING_TOLERANCE
         tolerance = model_tolerance
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
+    if not is_number(tolerance) or not tolerance >= 0:
         raise ValueError(
             f"tolerance must be >= 0 pixels or None (the default, {POINTING_TOLERANCE}), got {tolerance!r}"
         )
@@ -166,7 +166,7 @@ class PointingGame(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not isinstance(num_classes, int) or num_classes < 1:
+        if not is_int(num_classes) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         tolerance = resolve_tolerance(tolerance)
         if average not in ("macro", "micro", "none"):

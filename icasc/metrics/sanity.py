@@ -17,24 +17,18 @@ from collections.abc import Callable, Sequence
 from typing import Literal, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torchmetrics.functional.image import structural_similarity_index_measure
 
 from icasc.metrics.faithfulness import spearman
-from icasc.saliency.base import TargetLike, check_images, eval_mode, normalize, resolve_target
+from icasc.saliency.base import TargetLike, check_images, normalize, resolve_target
+from icasc.utils import eval_mode
 
 __all__ = ["parameter_layers", "sanity_check", "ssim"]
 
 
 class _Attributes(Protocol):
     def attribute(self, images: torch.Tensor, target: TargetLike = None) -> torch.Tensor: ...
-
-
-def _gaussian_window(kernel_size: int, sigma: float, device: torch.device) -> torch.Tensor:
-    offsets = torch.arange(kernel_size, dtype=torch.float64, device=device) - (kernel_size - 1) / 2
-    g = torch.exp(-0.5 * (offsets / sigma).square())
-    g = g / g.sum()
-    return torch.outer(g, g)
 
 
 def ssim(
@@ -48,22 +42,27 @@ def ssim(
 ) -> torch.Tensor:
     """Structural similarity per sample (Wang et al. 2004) with a Gaussian window.
 
-    Local means, variances and covariance use a ``kernel_size x kernel_size`` Gaussian window of std
-    ``sigma`` on reflect-padded inputs; the SSIM map (one value per pixel) is averaged per sample, over
-    channels too. ``C1 = (k1 * data_range)^2``, ``C2 = (k2 * data_range)^2``. This is the convention of
-    ``torchmetrics.functional.structural_similarity_index_measure`` (with ``reduction="none"``).
+    ``torchmetrics.functional.image.structural_similarity_index_measure`` with ``reduction="none"``: local
+    means, variances and covariance use a ``kernel_size x kernel_size`` Gaussian window of std ``sigma`` on
+    reflect-padded inputs; the SSIM map (one value per pixel) is averaged per sample, over channels too.
+    ``C1 = (k1 * data_range)^2``, ``C2 = (k2 * data_range)^2``. Computed in float32.
 
     Args:
         x: ``[B, H, W]`` or ``[B, C, H, W]``.
         y: Same shape as ``x``.
         data_range: Range of the values (1 for maps normalised to ``[0, 1]``).
-        kernel_size: Odd window size (standard: 11).
+        kernel_size: Odd window size (standard: 11). torchmetrics derives the Gaussian window's size from
+            ``sigma`` (``2 * int(3.5 * sigma + 0.5) + 1``, 11 for ``sigma=1.5``), so it must equal that size.
         sigma: Window std (standard: 1.5).
         k1: Luminance constant.
         k2: Contrast constant.
 
     Returns:
         ``[B]`` float32.
+
+    Raises:
+        ValueError: Shapes differ or are not 3-D/4-D, bad window parameters, or images smaller than the
+            window.
     """
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or x.shape != y.shape:
         raise ValueError(f"ssim needs two tensors of one shape, got {_shape(x)} and {_shape(y)}")
@@ -71,29 +70,28 @@ def ssim(
         raise ValueError(f"ssim expects [B, H, W] or [B, C, H, W], got {tuple(x.shape)}")
     if kernel_size < 1 or kernel_size % 2 == 0 or sigma <= 0 or data_range <= 0:
         raise ValueError("ssim needs an odd kernel_size, sigma > 0 and data_range > 0")
+    window = 2 * int(3.5 * sigma + 0.5) + 1
+    if kernel_size != window:
+        raise ValueError(
+            f"ssim's Gaussian window for sigma={sigma} has {window} taps (torchmetrics' rule), "
+            f"got kernel_size={kernel_size}"
+        )
     pad = kernel_size // 2
     if min(x.shape[-2:]) <= pad:
         raise ValueError(f"images of {tuple(x.shape[-2:])} are too small for the {kernel_size}px SSIM window")
     if x.dim() == 3:
         x, y = x.unsqueeze(1), y.unsqueeze(1)
-    channels = x.shape[1]
-    x = x.detach().double()
-    y = y.detach().to(x.device).double()
-    window = _gaussian_window(kernel_size, sigma, x.device).expand(channels, 1, kernel_size, kernel_size)
-    x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    y = F.pad(y, (pad, pad, pad, pad), mode="reflect")
-    stacked = torch.cat([x, y, x * x, y * y, x * y], dim=1)
-    moments = F.conv2d(stacked, window.repeat(5, 1, 1, 1), groups=5 * channels)
-    mu_x, mu_y, e_xx, e_yy, e_xy = moments.split(channels, dim=1)
-    var_x = (e_xx - mu_x.square()).clamp_min(0)
-    var_y = (e_yy - mu_y.square()).clamp_min(0)
-    cov = e_xy - mu_x * mu_y
-    c1 = (k1 * data_range) ** 2
-    c2 = (k2 * data_range) ** 2
-    index = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
-        (mu_x.square() + mu_y.square() + c1) * (var_x + var_y + c2)
+    index = structural_similarity_index_measure(
+        x.detach().float(),
+        y.detach().to(device=x.device, dtype=torch.float32),
+        gaussian_kernel=True,
+        sigma=sigma,
+        data_range=data_range,
+        k1=k1,
+        k2=k2,
+        reduction="none",
     )
-    return index.flatten(1).mean(dim=1).float()
+    return index.float()
 
 
 def _shape(x: object) -> object:

@@ -20,6 +20,7 @@ import torchvision
 from torch import nn
 from torchvision.models import VGG, ResNet
 
+from icasc.data.normalization import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
 from icasc.models.cifar_resnet import CifarResNet
 from icasc.models.pretrained import PretrainedWeightsError, build_pretrained
 from icasc.models.registry import (
@@ -40,10 +41,6 @@ from icasc.models.registry import (
 from icasc.models.tiny import TinyCNN
 
 __all__ = [
-    "CIFAR10_MEAN",
-    "CIFAR10_STD",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "TORCHVISION_BACKBONES",
     "BackboneEntry",
     "InputDefaults",
@@ -59,12 +56,6 @@ __all__ = [
     "register_backbone",
     "unregister_backbone",
 ]
-
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
-
 
 # --------------------------------------------------------------------------------------------- torchvision
 

@@ -12,6 +12,12 @@ and a timm backbone (card ``backbone_kwargs: {"source": "timm"}``) with timm and
     import safetensors.torch, timm
     model = timm.create_model("convnext_atto", num_classes=10)
     model.load_state_dict(safetensors.torch.load_file("model.safetensors"))
+
+A card holds what the caller gave (built by :func:`icasc.models.record.model_card`: ``backbone``,
+``backbone_kwargs``, ``num_classes``, ``multilabel``, ``class_names``, ``input``, ``attention`` with its
+``method`` and ``layers``, ``loss_weights``, ``pointing_tolerance``, ``init_weights``, ``init_from``,
+``metrics``, ``config_hash``, and what a task adds) plus the keys :func:`export_backbone` writes itself,
+:data:`GENERATED_CARD_KEYS`.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ __all__ = [
     "CARD_FILE",
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "GENERATED_CARD_KEYS",
     "MAX_LISTED_KEYS",
     "WEIGHTS_FILE",
     "config_hash",
@@ -47,6 +54,8 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model_card.json"
 MAX_LISTED_KEYS = 10
+# the card keys export_backbone writes itself: a card read back without them is the one it was given
+GENERATED_CARD_KEYS = ("format", "format_version", "files", "created", "state_dict_keys", "load")
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -106,9 +115,10 @@ def export_backbone(model: nn.Module, out_dir: str | Path, card: Mapping[str, An
             keys stay plain.
         out_dir: Output directory (created if needed).
         card: Model card; must contain ``"backbone"`` (registry name) and ``"num_classes"``. Usually
-            also ``input``, ``attention_layers``, ``metrics`` and ``config_hash``. An optional
-            ``"backbone_kwargs"`` mapping is passed to :func:`~icasc.models.backbones.build_backbone`
-            by :func:`load_exported`.
+            built by :func:`icasc.models.record.model_card` (``input``, ``attention``, ``metrics``,
+            ``config_hash``, ...). An optional ``"backbone_kwargs"`` mapping is passed to
+            :func:`~icasc.models.backbones.build_backbone` by :func:`load_exported`. The
+            :data:`GENERATED_CARD_KEYS` are added (replacing any given).
 
     Returns:
         ``{"weights": Path, "card": Path}``.

@@ -1,7 +1,8 @@
 """Load a trained classifier, or load weights into a backbone (checkpoints, exports, torchvision).
 
-``load_classifier(path)`` rebuilds a model from a checkpoint or an export (``load_trained(path)`` returns
-what the file holds: backbone, Lightning module or model card). ``load_weights_into(backbone,
+``load_classifier(path)`` rebuilds a model from a checkpoint or an export, with its metadata
+(``load_classifier_record(path)``: with its :class:`~icasc.models.record.ModelRecord`; ``load_trained(path)``
+returns what the file holds: backbone, Lightning module or model card). ``load_weights_into(backbone,
 source)`` fills an existing backbone (the fine-tuning entry point ``init_from``), strictly: a source whose
 keys or shapes do not fit raises an error listing the missing and unexpected keys and the shape mismatches.
 
@@ -33,10 +34,12 @@ from icasc.models.export import CARD_FILE, MAX_LISTED_KEYS, WEIGHTS_FILE, format
 from icasc.models.files import read_checkpoint, read_safetensors, reading_checkpoint
 from icasc.models.module import ICASCModule
 from icasc.models.pretrained import PretrainedWeightsError
+from icasc.models.record import ModelRecord
 
 __all__ = [
     "TORCHVISION_PREFIX",
     "load_classifier",
+    "load_classifier_record",
     "load_module_checkpoint",
     "load_trained",
     "load_weights_into",
@@ -88,7 +91,7 @@ def load_trained(
 ) -> tuple[nn.Module, ICASCModule | None, dict[str, Any]]:
     """What a checkpoint or an export holds: the backbone, the Lightning module and the model card.
 
-    The one place that tells a checkpoint from an export; :func:`load_classifier` and the eval task's
+    The one place that tells a checkpoint from an export; :func:`load_classifier_record` and the eval task's
     ``load_module`` build their results from it.
 
     Args:
@@ -123,6 +126,26 @@ def load_trained(
     )
 
 
+def load_classifier_record(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, ModelRecord]:
+    """The backbone of a checkpoint or export, in eval mode, and its record.
+
+    Args:
+        path: A Lightning checkpoint of :class:`~icasc.models.ICASCModule` (``.ckpt``), or an export
+            directory / its ``model.safetensors`` (with ``model_card.json`` beside it).
+        map_location: Device for the weights.
+
+    Returns:
+        ``(model, record)``: the record of the checkpoint's module or of the export's model card.
+
+    Raises:
+        FileNotFoundError: Nothing at ``path``.
+        ValueError: A file that is neither a checkpoint nor an export.
+    """
+    model, module, card = load_trained(path, map_location)
+    record = ModelRecord.from_module(module) if module is not None else ModelRecord.from_card(card)
+    return model.eval(), record
+
+
 def load_classifier(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """The backbone of a checkpoint or export, in eval mode, and its metadata.
 
@@ -132,39 +155,20 @@ def load_classifier(path: str | Path, map_location: str = "cpu") -> tuple[nn.Mod
         map_location: Device for the weights.
 
     Returns:
-        ``(model, info)``; ``info`` holds ``num_classes``, ``attention_layers`` (``{"inner", "last"}``),
-        ``backbone`` (registry name) and ``backbone_kwargs`` (build arguments, without ``weights``) and,
-        for exports, the card's ``input`` (``image_size``, ``mean``, ``std``), ``class_names`` and
-        ``init_from`` (the weights the run started from, ``None`` when it trained from scratch), and
-        ``pointing_tolerance``: the pointing-game tolerance the model was validated with (``None`` for an
-        export whose card does not record it).
+        ``(model, info)``; ``info`` (:meth:`~icasc.models.record.ModelRecord.as_info`) holds ``num_classes``,
+        ``multilabel``, ``attention_layers`` (``{"inner", "last"}``), ``backbone`` (registry name) and
+        ``backbone_kwargs`` (build arguments, without ``weights``), ``pointing_tolerance``: the
+        pointing-game tolerance the model was validated with (``None`` for an export whose card does not
+        record it) and, for exports (``None`` for checkpoints), the card's ``input`` (``image_size``,
+        ``mean``, ``std``), ``class_names`` and ``init_from`` (the weights the run started from, ``None``
+        when it trained from scratch).
 
     Raises:
         FileNotFoundError: Nothing at ``path``.
         ValueError: A file that is neither a checkpoint nor an export.
     """
-    model, module, card = load_trained(path, map_location)
-    if module is not None:
-        spec = dict(module.backbone_spec)
-        info = {
-            "num_classes": module.num_classes,
-            "attention_layers": dict(module.attention.layers),
-            "backbone": spec.pop("name"),
-            "backbone_kwargs": {k: v for k, v in spec.items() if k != "weights"},
-            "pointing_tolerance": module.pointing_tolerance,
-        }
-    else:
-        info = {
-            "num_classes": card["num_classes"],
-            "attention_layers": dict(card.get("attention", {}).get("layers", {})),
-            "input": card.get("input"),
-            "class_names": card.get("class_names") or None,
-            "backbone": card["backbone"],
-            "backbone_kwargs": dict(card.get("backbone_kwargs") or {}),
-            "init_from": card.get("init_from"),
-            "pointing_tolerance": card.get("pointing_tolerance"),  # None: a card from before it was recorded
-        }
-    return model.eval(), info
+    model, record = load_classifier_record(path, map_location)
+    return model, record.as_info()
 
 
 # ------------------------------------------------------------------------------------------- init_from

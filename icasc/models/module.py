@@ -17,15 +17,16 @@ from icasc.attention.mechanism import AttentionMechanism, AttentionOutput
 from icasc.data.contract import check_batch, check_data_fits_model, describe_data
 from icasc.losses.icasc import ICASCLoss
 from icasc.metrics.attention_stats import attention_overlap, attention_stats
-from icasc.metrics.ks import KSStatistic
+from icasc.metrics.ks import KSSign, KSStatistic, KSThreshold
 from icasc.metrics.pointing_game import POINTING_TOLERANCE
 from icasc.models.backbones import build_backbone, default_attention_layers
 from icasc.models.hparams import build_factory, factory_spec, plain
 
 __all__ = ["ICASCModule", "crop_average_logits"]
 
-# Logged at the end of the epoch from their computed value (KS) or not logged at all (per-class AP).
-_EPOCH_END_METRICS = ("ks", "class_ap")
+# Computed for compute_metrics (the eval report) but never logged: a per-class vector and a direction flag.
+# Lightning resets only the metrics it logs, so these are reset at the end of each epoch.
+_UNLOGGED_METRICS = ("class_ap", "ks_sign")
 
 # Attention diagnostics of evaluation: {stage}/attn_{layer}_{class}_{stat} (icasc.metrics.attention_stats),
 # for the true ("true") and the most confusing ("conf") class. The box statistics need batches with "box".
@@ -227,6 +228,8 @@ class ICASCModule(L.LightningModule):
         }
         if stage != "train":
             metrics["ks"] = KSStatistic()
+            metrics["ks_threshold"] = KSThreshold()
+            metrics["ks_sign"] = KSSign()
         return metrics
 
     def _build_metrics(self) -> None:
@@ -406,7 +409,7 @@ class ICASCModule(L.LightningModule):
         for name, value in scored["terms"].items():
             self.log(f"{stage}/{name}", value, sync_dist=True, batch_size=batch_size)
         for name, metric in metrics.items():
-            if name in _EPOCH_END_METRICS or not metric.update_called:
+            if name in _UNLOGGED_METRICS or not metric.update_called:
                 continue
             if name in _BOX_METRICS and "box" not in batch:
                 continue
@@ -422,7 +425,8 @@ class ICASCModule(L.LightningModule):
             probs = logits.float().softmax(dim=1)
             metrics["top1"](logits, targets)
             metrics["top5"](logits, targets)
-            metrics["ks"].update(probs, targets)
+            for name in ("ks", "ks_threshold", "ks_sign"):
+                metrics[name].update(probs, targets)
         if out is None:
             return probs
         # Weighted by batch size, so a short last batch counts per sample like the others.
@@ -462,14 +466,9 @@ class ICASCModule(L.LightningModule):
         for name, metric in getattr(self, f"{stage}_metrics").items():
             if not metric.update_called:
                 continue
-            if name == "ks":
-                result = metric.compute()
-                values["ks"], values["ks_threshold"] = float(result["statistic"]), float(result["threshold"])
-                values["ks_sign"] = result["sign"]
-            elif name == "class_ap":
-                values[name] = [float(v) for v in metric.compute()]
-            else:
-                values[name] = float(metric.compute())
+            value = metric.compute()
+            # a scalar as a Python float (int for ks_sign), class_ap's [C] as a list of floats
+            values[name] = value.item() if value.dim() == 0 else value.tolist()
         return values
 
     def reset_metrics(self, stage: str = "test") -> None:
@@ -477,24 +476,17 @@ class ICASCModule(L.LightningModule):
         for metric in getattr(self, f"{stage}_metrics").values():
             metric.reset()
 
-    def _log_epoch_end(self, stage: str) -> None:
-        # The KS metric returns a dict (statistic and threshold), which self.log cannot take as a Metric.
+    def _reset_unlogged_metrics(self, stage: str) -> None:
         metrics = getattr(self, f"{stage}_metrics")
-        if "ks" in metrics and metrics["ks"].update_called:
-            ks = metrics["ks"]
-            result = ks.compute()  # gathers every process's samples: the same value on every rank
-            # sync_dist averages identical values; it only silences Lightning's epoch-level DDP warning
-            self.log(f"{stage}/ks", float(result["statistic"]), sync_dist=True)
-            self.log(f"{stage}/ks_threshold", float(result["threshold"]), sync_dist=True)
-        for name in _EPOCH_END_METRICS:
+        for name in _UNLOGGED_METRICS:
             if name in metrics:
                 metrics[name].reset()
 
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch_end("val")
+        self._reset_unlogged_metrics("val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_epoch_end("test")
+        self._reset_unlogged_metrics("test")
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val", batch_idx)

@@ -43,13 +43,14 @@ Names are looked up in icasc's registry; ``source="timm"`` looks them up in timm
 from __future__ import annotations
 
 import importlib
-import numbers
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
+
+from icasc.utils import is_int
 
 __all__ = [
     "SOURCES",
@@ -326,7 +327,7 @@ def build_backbone(
             the message names the file, where to copy it, and how to train without it.
     """
     entry = get_backbone(name, source)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+    if not is_int(num_classes) or num_classes < 1:
         raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
     model = entry.builder(num_classes=int(num_classes), weights=weights, **kwargs)
     setattr(model, _BUILT_AS, (entry.name, source))  # a plain attribute: not in the state dict
@@ -398,7 +399,8 @@ def classifier_head(model: nn.Module) -> nn.Module:
 
 
 def input_defaults(name: str, source: str | None = None) -> dict[str, Any]:
-    """Return the default input size and normalisation of a backbone (used in model cards).
+    """Return the default input size and normalisation a backbone was designed for (a reference for
+    choosing data settings; model cards record the input of the data the model was trained on).
 
     Args:
         name: Registry name (or timm name with ``source="timm"``).

@@ -24,17 +24,18 @@ end of every training epoch). Example:
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
+from icasc.utils import is_int, is_number
+
 __all__ = ["CyclicCosineAnnealingLR", "cycle_length", "cyclic_cosine_factor"]
 
 
 def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    if not is_int(value) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     return int(value)
 
@@ -82,7 +83,7 @@ def cyclic_cosine_factor(epoch: int, total_epochs: int, cycles: int = 1) -> floa
             (see :func:`cycle_length`).
     """
     length = cycle_length(total_epochs, cycles)
-    if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
+    if not is_int(epoch) or epoch < 0:
         raise ValueError(f"epoch must be an integer >= 0 (0 = the first epoch), got {epoch!r}")
     return 0.5 * (1.0 + math.cos(math.pi * (int(epoch) % length) / length))
 
@@ -117,7 +118,7 @@ class CyclicCosineAnnealingLR(LRScheduler):
         self.cycle_length = cycle_length(total_epochs, cycles)
         self.total_epochs = int(total_epochs)
         self.cycles = int(cycles)
-        if not isinstance(eta_min, numbers.Real) or eta_min < 0:
+        if not is_number(eta_min) or eta_min < 0:
             raise ValueError(f"eta_min must be a number >= 0, got {eta_min!r}")
         for i, group in enumerate(optimizer.param_groups):
             lr = group.get("initial_lr", group["lr"])

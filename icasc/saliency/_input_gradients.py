@@ -15,7 +15,8 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 from torch import nn
 
-from icasc.saliency.base import Attribution, TargetLike, check_images, eval_mode, resolve_target
+from icasc.saliency.base import Attribution, TargetLike, check_images, resolve_target
+from icasc.utils import eval_mode
 
 __all__ = ["REDUCTIONS", "ChannelAttribution", "class_scores", "input_gradients", "reduce_channels"]
 

@@ -8,35 +8,22 @@ activations only, so parameter ``.grad`` is never touched.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+from icasc.utils import check_option, eval_mode, is_int, is_number
 
 __all__ = [
     "Attribution",
     "TargetLike",
     "check_chunking",
     "chunk_size_for",
-    "eval_mode",
     "normalize",
     "resolve_target",
 ]
 
 TargetLike = int | torch.Tensor | None
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every sub-module in eval mode; restore each one's previous mode on exit."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def normalize(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -82,10 +69,14 @@ def check_chunking(chunk_size: int | None, memory_budget_mb: float | None) -> No
 
     ``chunk_size``: a positive int or ``None``; ``memory_budget_mb``: ``> 0`` or ``None``.
     """
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-    if memory_budget_mb is not None and memory_budget_mb <= 0:
-        raise ValueError(f"memory_budget_mb must be > 0, got {memory_budget_mb}")
+    check_option(
+        chunk_size is None or (is_int(chunk_size) and chunk_size >= 1),
+        f"chunk_size must be a positive int or None, got {chunk_size!r}",
+    )
+    check_option(
+        memory_budget_mb is None or (is_number(memory_budget_mb) and memory_budget_mb > 0),
+        f"memory_budget_mb must be > 0, got {memory_budget_mb}",
+    )
 
 
 def chunk_size_for(

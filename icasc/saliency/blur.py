@@ -5,6 +5,11 @@ A separable implementation (two 1-D convolutions after one reflect pad), numeric
 authors' release): the kernel is ``exp(-x^2 / (2 sigma^2))`` sampled at the integers ``-k//2 .. k//2`` and
 normalised to sum 1. Separable filtering costs ``2k`` instead of ``k^2`` multiply-adds per pixel, which
 matters for the paper's 51x51 kernel.
+
+Why not torchvision's function itself: it convolves with the ``k x k`` 2-D kernel. Measured (interleaved
+medians, results equal within 2.1e-6 in float32): torchvision took 2.3x this function's time on 16x3x224x224
+with k=51 (1.3x on 128x3x32x32 with k=31, 1.4x on 16x1x224x224 with k=7) on the CPU, and 2.8x (1.6x, 2.6x)
+on an H100.
 """
 
 from __future__ import annotations

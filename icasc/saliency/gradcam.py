@@ -15,9 +15,9 @@ from torch import nn
 
 from icasc.attention.capture import FeatureCapture, resolve_layer
 from icasc.attention.functional import channel_weighted, grad_cam
-from icasc.losses.functional import resize_map
 from icasc.saliency._input_gradients import class_scores
 from icasc.saliency.base import Attribution, TargetLike
+from icasc.utils import resize_map
 
 __all__ = ["ChannelWeightedAttention", "GradCAM"]
 

@@ -13,18 +13,17 @@ from torch import nn
 
 from icasc.attention.capture import FeatureCapture, resolve_layer
 from icasc.attention.functional import grad_cam
-from icasc.losses.functional import resize_map
 from icasc.saliency.base import (
     Attribution,
     TargetLike,
     check_chunking,
     check_images,
     chunk_size_for,
-    eval_mode,
     normalize,
     resolve_target,
 )
 from icasc.saliency.blur import gaussian_blur
+from icasc.utils import eval_mode, is_int, resize_map
 
 __all__ = ["GroupCAM", "compose", "denoise"]
 
@@ -154,13 +153,13 @@ class GroupCAM(Attribution):
     ) -> None:
         super().__init__(model)
         resolve_layer(model, layer)
-        if not isinstance(groups, int) or groups < 1:
+        if not is_int(groups) or groups < 1:
             raise ValueError(f"groups must be a positive int, got {groups!r}")
         if theta is not None and not 0.0 <= theta <= 100.0:
             raise ValueError(
                 f"theta is a percentile in [0, 100] (or None to disable de-noising), got {theta}"
             )
-        if not isinstance(blur_kernel, int) or blur_kernel < 1 or blur_kernel % 2 == 0:
+        if not is_int(blur_kernel) or blur_kernel < 1 or blur_kernel % 2 == 0:
             raise ValueError(f"blur_kernel must be an odd positive int, got {blur_kernel!r}")
         if blur_sigma <= 0:
             raise ValueError(f"blur_sigma must be > 0, got {blur_sigma}")

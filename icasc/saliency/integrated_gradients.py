@@ -9,6 +9,7 @@ from torch import nn
 
 from icasc.saliency._input_gradients import ChannelAttribution, class_scores
 from icasc.saliency.base import TargetLike
+from icasc.utils import is_int
 
 __all__ = ["IntegratedGradients"]
 
@@ -47,9 +48,9 @@ class IntegratedGradients(ChannelAttribution):
         reduce: str = "absmax",
     ) -> None:
         super().__init__(model, reduce)
-        if not isinstance(steps, int) or steps < 1:
+        if not is_int(steps) or steps < 1:
             raise ValueError(f"steps must be a positive int, got {steps!r}")
-        if not isinstance(chunk_size, int) or chunk_size < 1:
+        if not is_int(chunk_size) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
         if (mean is None) != (std is None):
             raise ValueError("give both mean and std (the input normalisation), or neither")

@@ -7,6 +7,7 @@ from torch import nn
 
 from icasc.saliency._input_gradients import class_scores
 from icasc.saliency.base import Attribution, TargetLike
+from icasc.utils import is_int
 
 __all__ = ["AGGREGATES", "Occlusion"]
 
@@ -64,12 +65,12 @@ class Occlusion(Attribution):
         aggregate: str = "centre",
     ) -> None:
         super().__init__(model)
-        if not isinstance(window, int) or window < 1:
+        if not is_int(window) or window < 1:
             raise ValueError(f"window must be a positive int, got {window!r}")
         stride = max(1, window // 5) if stride is None else stride
-        if not isinstance(stride, int) or stride < 1:
+        if not is_int(stride) or stride < 1:
             raise ValueError(f"stride must be a positive int or None, got {stride!r}")
-        if not isinstance(chunk_size, int) or chunk_size < 1:
+        if not is_int(chunk_size) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")

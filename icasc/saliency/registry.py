@@ -17,7 +17,7 @@ from icasc.saliency.occlusion import Occlusion
 from icasc.saliency.smoothgrad import SmoothGrad
 from icasc.saliency.vanilla import VanillaGradient
 
-__all__ = ["LAYER_METHODS", "METHODS", "build_method"]
+__all__ = ["LAYER_METHODS", "SALIENCY_METHODS", "build_method"]
 
 # Methods that explain an inner layer take it as their second argument.
 LAYER_METHODS: dict[str, type[Attribution]] = {
@@ -34,7 +34,7 @@ INPUT_METHODS: dict[str, Callable[..., Attribution]] = {
     # SmoothGrad over the plain gradient (SmoothGrad paper); its options go to SmoothGrad.
     "smoothgrad": lambda model, **kw: SmoothGrad(VanillaGradient(model), **kw),
 }
-METHODS = [*LAYER_METHODS, *INPUT_METHODS]
+SALIENCY_METHODS = [*LAYER_METHODS, *INPUT_METHODS]
 
 
 def build_method(
@@ -43,7 +43,7 @@ def build_method(
     """Build the saliency method ``name`` for ``model``.
 
     Args:
-        name: One of :data:`METHODS`.
+        name: One of :data:`SALIENCY_METHODS`.
         model: The classifier.
         layer: The layer of the layer-based methods (:data:`LAYER_METHODS`); ignored by the others.
         options: Keyword arguments of the method's constructor.
@@ -58,4 +58,4 @@ def build_method(
         return LAYER_METHODS[name](model, layer, **kwargs)
     if name in INPUT_METHODS:
         return INPUT_METHODS[name](model, **kwargs)
-    raise ValueError(f"unknown saliency method {name!r}; choose from {', '.join(METHODS)}")
+    raise ValueError(f"unknown saliency method {name!r}; choose from {', '.join(SALIENCY_METHODS)}")

@@ -6,6 +6,7 @@ import torch
 
 from icasc.saliency._input_gradients import ChannelAttribution, class_scores, reduce_channels
 from icasc.saliency.base import Attribution, TargetLike, check_chunking, chunk_size_for
+from icasc.utils import is_int
 
 __all__ = ["SmoothGrad"]
 
@@ -69,7 +70,7 @@ class SmoothGrad(Attribution):
         super().__init__(method.model)
         if not level >= 0:
             raise ValueError(f"level must be >= 0, got {level!r}")
-        if not isinstance(n_samples, int) or n_samples < 1:
+        if not is_int(n_samples) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
         check_chunking(chunk_size, memory_budget_mb)
         if cap_percentile is not None and not 0 < cap_percentile <= 100:

@@ -30,8 +30,8 @@ from icasc.metrics.attention_stats import attention_stats
 from icasc.metrics.insertion_deletion import insertion_deletion
 from icasc.models.backbones import build_backbone
 from icasc.models.loading import TORCHVISION_PREFIX, load_weights_into
-from icasc.saliency.base import eval_mode
 from icasc.saliency.groupcam import GroupCAM
+from icasc.utils import eval_mode, resolve_device
 
 __all__ = [
     "ATTENTION_METRICS",
@@ -58,12 +58,6 @@ _RUN_CONFIG = Path(".hydra") / "config.yaml"
 
 
 # ------------------------------------------------------------------------------------------------ scoring
-
-
-def _device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def validation_subset(dataset: Dataset, num_images: int, seed: int = 0) -> Dataset:
@@ -104,7 +98,7 @@ def score_classifier(
         true class; where every batch has a ``"box"``, also those maps' ``pointing_game`` (hit rate) and
         ``mass_in_box`` (:func:`~icasc.metrics.attention_stats.attention_stats`); and ``images``.
     """
-    dev = _device(device)
+    dev = resolve_device(device)
     home = next(model.parameters()).device
     model.to(dev)
     explainer = GroupCAM(model, layer, **{**GROUPCAM_DEFAULTS, **dict(groupcam or {})})

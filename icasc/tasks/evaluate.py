@@ -27,14 +27,16 @@ from icasc.data.contract import check_data_fits_model, describe_data
 from icasc.data.transforms import centre_view
 from icasc.losses.diagnostics import descent_effects
 from icasc.losses.icasc import ICASCLoss
-from icasc.metrics.ks import class_probabilities, most_confused
+from icasc.metrics.ks import most_confused, true_and_confused_probabilities
 from icasc.metrics.pointing_game import resolve_tolerance
 from icasc.models.export import WEIGHTS_FILE
 from icasc.models.loading import load_trained
 from icasc.models.module import ICASCModule
+from icasc.models.record import ModelRecord
 from icasc.saliency.base import normalize
 from icasc.saliency.registry import LAYER_METHODS, build_method
-from icasc.visualize import confusion_gallery, denormalize, ks_figure
+from icasc.utils import denormalize, resolve_device
+from icasc.visualize import confusion_gallery, ks_figure
 
 __all__ = ["evaluate_module", "load_module", "mean_descent_effects", "report_markdown", "run"]
 
@@ -65,9 +67,8 @@ def load_module(path: str | Path, multilabel: bool | None = None) -> tuple[ICASC
     model, module, card = load_trained(path)
     kind = "lightning checkpoint" if module is not None else "export"
     if module is None:
-        attention = card.get("attention") or {}
-        layers = attention.get("layers") or {}
-        card_multilabel = card.get("multilabel")
+        record = ModelRecord.from_card(card)
+        card_multilabel = record.multilabel
         if card_multilabel is None:
             if multilabel is None:
                 raise ValueError(
@@ -80,35 +81,29 @@ def load_module(path: str | Path, multilabel: bool | None = None) -> tuple[ICASC
             card_multilabel = multilabel
         # Built from the card's registry name (not around `model`, whose spec would be its class name,
         # e.g. "tinycnn" for tiny_cnn), then filled with the exported weights.
-        kwargs = {k: v for k, v in (card.get("backbone_kwargs") or {}).items() if k != "weights"}
         module = ICASCModule(
-            {"name": card["backbone"], **kwargs},
-            int(card["num_classes"]),
-            loss=ICASCLoss(weights=card.get("loss_weights"), multilabel=bool(card_multilabel)),
+            record.backbone_spec,
+            record.num_classes,
+            loss=ICASCLoss(weights=record.loss_weights, multilabel=bool(card_multilabel)),
             attention={
-                "method": attention.get("method", "ach"),
-                "inner_layer": layers.get("inner"),
-                "last_layer": layers.get("last"),
+                "method": record.attention_method or "ach",
+                "inner_layer": record.attention_layers.get("inner"),
+                "last_layer": record.attention_layers.get("last"),
             },
-            pointing_tolerance=resolve_tolerance(None, card.get("pointing_tolerance")),
+            pointing_tolerance=resolve_tolerance(None, record.pointing_tolerance),
         )
         module.backbone.load_state_dict(model.state_dict(), strict=True)
+    record = ModelRecord.from_module(module)
     info = {
         "path": str(path.resolve()),
         "kind": kind,
-        "backbone": module.backbone_spec["name"],
-        "num_classes": module.num_classes,
-        "multilabel": module.multilabel,
-        "attention": {"method": module.attention.method, "layers": dict(module.attention.layers)},
-        "loss_weights": dict(module.loss.weights),
+        "backbone": record.backbone,
+        "num_classes": record.num_classes,
+        "multilabel": record.multilabel,
+        "attention": record.attention,
+        "loss_weights": dict(record.loss_weights or {}),
     }
     return module.eval(), info
-
-
-def _device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 # ---------------------------------------------------------------------------------------------- scoring
@@ -141,7 +136,7 @@ def evaluate_module(
     """
     if limit_batches is not None and int(limit_batches) < 1:
         raise ValueError(f"limit_batches must be a positive number of batches or null, got {limit_batches}")
-    dev = _device(device)
+    dev = resolve_device(device)
     module.to(dev).eval()
     module.reset_metrics(stage)
     sums: dict[str, float] = {}
@@ -185,7 +180,7 @@ def mean_descent_effects(
         ValueError: The batches carry no ``"box"`` (the effect is measured against the object's box).
     """
     loss = ICASCLoss(**{**module.loss.config(), **dict(loss_overrides or {})})
-    dev = _device(device)
+    dev = resolve_device(device)
     module.to(dev).eval()
     sums: dict[str, dict[str, float]] = {}
     seen = 0
@@ -508,7 +503,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         positives = (targets > 0.5).sum(dim=0).tolist()
         report["class_positives"] = dict(zip(names, (int(n) for n in positives), strict=True))
     else:
-        true_p, confused_p = class_probabilities(probs, targets)
+        true_p, confused_p = true_and_confused_probabilities(probs, targets)
         ks_figure(
             true_p, confused_p, out / "ks_chart.png", f"KS chart · {split} split · {len(true_p)} images"
         )

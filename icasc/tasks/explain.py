@@ -22,7 +22,8 @@ from icasc.models.backbones import default_attention_layers
 from icasc.models.loading import load_classifier
 from icasc.saliency.base import normalize
 from icasc.saliency.registry import build_method
-from icasc.visualize import denormalize, difference_figure, method_grid, overlay_figure
+from icasc.utils import denormalize
+from icasc.visualize import difference_figure, method_grid, overlay_figure
 
 __all__ = ["explain_batch", "run"]
 

@@ -10,7 +10,6 @@ that started from ``init_from``.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,9 +21,10 @@ from torch import nn
 
 from icasc.data.contract import DataInfo, check_data_fits_model, describe_data
 from icasc.models.backbones import default_attention_layers
-from icasc.models.export import CARD_FILE, config_hash, export_backbone
-from icasc.models.loading import TORCHVISION_PREFIX, load_classifier, load_module_checkpoint
+from icasc.models.export import config_hash, export_backbone
+from icasc.models.loading import TORCHVISION_PREFIX, load_classifier_record
 from icasc.models.module import ICASCModule
+from icasc.models.record import ModelRecord, build_card
 from icasc.tasks.before_after import (
     before_after_markdown,
     before_after_report,
@@ -60,22 +60,11 @@ def model_card(module: ICASCModule, data: DataInfo, metrics: Mapping[str, Any], 
         metrics: The metrics to record.
         cfg: The composed config (hashed into ``config_hash``).
     """
-    return {
-        "backbone": module.backbone_spec["name"],
-        # `weights` only initialised training; the exported file holds the trained weights.
-        "backbone_kwargs": {k: v for k, v in module.backbone_spec.items() if k not in ("name", "weights")},
-        "init_weights": module.backbone_spec.get("weights"),
-        "num_classes": module.num_classes,
-        "multilabel": module.multilabel,
-        "class_names": list(data.class_names or []),
-        "input": data.card_input(),
-        "attention": {"method": module.attention.method, "layers": dict(module.attention.layers)},
-        "loss_weights": dict(module.loss.weights),
-        # the tolerance of the card's pointing_game, so -cn eval / explain score the export alike
-        "pointing_tolerance": float(module.pointing_tolerance),
-        "metrics": dict(metrics),
-        "config_hash": config_hash(OmegaConf.to_container(cfg, resolve=True)),
-    }
+    return build_card(ModelRecord.from_module(module), data, metrics, _config_hash(cfg))
+
+
+def _config_hash(cfg: DictConfig) -> str:
+    return config_hash(OmegaConf.to_container(cfg, resolve=True))
 
 
 def _settings(node: DictConfig) -> dict[str, Any]:
@@ -92,7 +81,7 @@ def _settings(node: DictConfig) -> dict[str, Any]:
 
 def report_for_run(
     finetuned: nn.Module,
-    info: Mapping[str, Any],
+    record: ModelRecord,
     init_from: str,
     datamodule: Any,
     settings: DictConfig,
@@ -104,7 +93,7 @@ def report_for_run(
 
     Args:
         finetuned: The fine-tuned backbone.
-        info: Its ``backbone``, ``backbone_kwargs``, ``num_classes`` and ``attention_layers``.
+        record: What it is (its backbone, class count and attention layers).
         init_from: The initial weights.
         datamodule: Provides the held-out split (``val_dataloader()``, or ``test_dataloader()``).
         settings: ``num_images``, ``batch_size``, ``seed``, ``groupcam``, ``faithfulness``, ``device``,
@@ -117,18 +106,16 @@ def report_for_run(
     Raises:
         ValueError: ``split`` is not ``"val"`` or ``"test"``.
     """
-    initial, loaded = initial_model(init_from, info["backbone"], info["num_classes"], info["backbone_kwargs"])
+    initial, loaded = initial_model(init_from, record.backbone, record.num_classes, record.backbone_kwargs)
     if loaded["head_replaced"]:
         log.warning(
             "the initial model's head was freshly initialised (%s has 1000 classes, the model %d): its "
             "'before' accuracy is that of a random head",
             init_from,
-            info["num_classes"],
+            record.num_classes,
         )
     layer = (
-        settings.get("layer")
-        or (info.get("attention_layers") or {}).get("last")
-        or default_attention_layers(finetuned)[1]
+        settings.get("layer") or record.attention_layers.get("last") or default_attention_layers(finetuned)[1]
     )
     options = _settings(settings)
     split = options.pop("split", "val")
@@ -153,25 +140,14 @@ def report_for_run(
     return report
 
 
-def _load_finetuned(path: Path, data: DataInfo, cfg: DictConfig) -> tuple[nn.Module, dict, dict]:
-    """The fine-tuned backbone, its info, and the base of its model card."""
-    if path.suffix == ".ckpt":
-        module = load_module_checkpoint(path, "ckpt_path")
-        spec = dict(module.backbone_spec)
-        info = {
-            "backbone": spec.pop("name"),
-            "backbone_kwargs": {k: v for k, v in spec.items() if k != "weights"},
-            "num_classes": module.num_classes,
-            "attention_layers": dict(module.attention.layers),
-        }
-        info["multilabel"] = module.multilabel
-        return module.backbone.eval(), info, model_card(module, data, {}, cfg)
-    model, info = load_classifier(path)
-    folder = path if path.is_dir() else path.parent
-    card = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
-    info["multilabel"] = card.get("multilabel")
-    generated = ("format", "format_version", "files", "created", "state_dict_keys", "load")
-    return model, info, {k: v for k, v in card.items() if k not in generated}
+def _load_finetuned(path: Path, data: DataInfo, cfg: DictConfig) -> tuple[nn.Module, ModelRecord, dict]:
+    """The fine-tuned backbone (eval mode), its record, and the base of its model card.
+
+    An export's card keeps the hash of the config that trained it; a checkpoint's gets this task's.
+    """
+    model, record = load_classifier_record(path)
+    trained_with = record.source_card.get("config_hash") or _config_hash(cfg)
+    return model, record, build_card(record, data, {}, trained_with)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -211,11 +187,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     split = cfg.get("split", "val")
     check_split(split)
     data = describe_data(datamodule, loaders=(split,))
-    model, info, card = _load_finetuned(path, data, cfg)
-    multilabel = info.get("multilabel")
+    model, record, card = _load_finetuned(path, data, cfg)
+    multilabel = record.multilabel
     check_data_fits_model(
         data,
-        int(info["num_classes"]),
+        record.num_classes,
         data.multilabel if multilabel is None else bool(multilabel),  # None: a card that does not record it
         f"ckpt_path={path}",
         "pass the run's data config (e.g. data=imagenet data.root=...)",
@@ -229,16 +205,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 f"control={control_path}: no such file or directory (the plain fine-tune to compare with: "
                 "a .ckpt, an export directory or its model.safetensors)"
             )
-        control_model, control_info, _ = _load_finetuned(control_path, data, cfg)
-        if control_info["backbone"] != info["backbone"] or control_info["num_classes"] != info["num_classes"]:
+        control_model, control_record, _ = _load_finetuned(control_path, data, cfg)
+        same = (control_record.backbone, control_record.num_classes) == (record.backbone, record.num_classes)
+        if not same:
             raise ValueError(
-                f"control={control_path} is a {control_info['backbone']} with {control_info['num_classes']} "
-                f"classes, the fine-tuned model a {info['backbone']} with {info['num_classes']}: the control "
+                f"control={control_path} is a {control_record.backbone} with {control_record.num_classes} "
+                f"classes, the fine-tuned model a {record.backbone} with {record.num_classes}: the control "
                 "must be the same fine-tune without the augmentation"
             )
         control = (control_model, str(control_path))
-    tolerance = card.get("pointing_tolerance")
-    report = report_for_run(model, info, str(init_from), datamodule, cfg, str(path), control, tolerance)
+    tolerance = record.pointing_tolerance
+    report = report_for_run(model, record, str(init_from), datamodule, cfg, str(path), control, tolerance)
     out = Path(cfg.paths.output_dir)
     written = write_before_after(report, out)
     card.update(

@@ -22,9 +22,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from icasc.data.contract import DataInfo, check_data_fits_model, describe_data
-from icasc.models.export import CARD_FILE, config_hash, export_backbone
-from icasc.models.loading import load_classifier
-from icasc.saliency.base import eval_mode, normalize
+from icasc.models.export import config_hash, export_backbone
+from icasc.models.loading import load_classifier_record
+from icasc.models.record import ModelRecord, build_card
+from icasc.saliency.base import normalize
 from icasc.saliency.parameter import (
     L1ParameterSaliency,
     ParameterSaliency,
@@ -43,7 +44,7 @@ from icasc.saliency.parameter.experiments import (
     tuning_experiment,
 )
 from icasc.saliency.parameter.plots import input_saliency_figure, neighbour_grid, profile_figure
-from icasc.visualize import denormalize
+from icasc.utils import denormalize, eval_mode
 
 __all__ = ["run"]
 
@@ -70,6 +71,7 @@ class _Analysis:
     maps: dict = field(default_factory=dict)
     neighbours: torch.Tensor | None = None
     data: DataInfo | None = None  # what the data module gives (describe_data), set by run()
+    record: ModelRecord | None = None  # what the analysed model is (its card's source), set by run()
 
     @property
     def correct(self) -> torch.Tensor:
@@ -127,7 +129,7 @@ def _loader(datamodule: Any, batch_size: int | None) -> torch.utils.data.DataLoa
     return torch.utils.data.DataLoader(loader.dataset, batch_size=int(batch_size), shuffle=False)
 
 
-VARIANTS = ("vanilla", "smoothgrad", "l1")
+PARAM_SALIENCY_VARIANTS = ("vanilla", "smoothgrad", "l1")
 
 
 def _saliency(model: nn.Module, s: DictConfig, method: str) -> ParameterSaliency:
@@ -145,7 +147,7 @@ def _saliency(model: nn.Module, s: DictConfig, method: str) -> ParameterSaliency
         )
     if s.variant == "l1":
         return L1ParameterSaliency(model, alpha=float(s.l1.alpha), **common)
-    raise ValueError(f"unknown saliency.variant {s.variant!r}; choose from {list(VARIANTS)}")
+    raise ValueError(f"unknown saliency.variant {s.variant!r}; choose from {list(PARAM_SALIENCY_VARIANTS)}")
 
 
 def _stats(ps: ParameterSaliency, profiles: torch.Tensor, cfg: DictConfig, out: Path) -> dict[str, Any]:
@@ -352,30 +354,11 @@ def _tune_and_export(a: _Analysis) -> dict:
 
 
 def _card(a: _Analysis, joint: dict) -> dict:
-    """The tuned copy's model card: the source export's card, or one built from the checkpoint's info."""
-    path, data = Path(a.cfg.ckpt_path), a.data
-    folder = path if path.is_dir() else path.parent
-    card: dict[str, Any] = {}
-    if path.suffix != ".ckpt" and (folder / CARD_FILE).is_file():
-        generated = ("format", "format_version", "files", "created", "state_dict_keys", "load")
-        source = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
-        card = {key: value for key, value in source.items() if key not in generated}
-    default_input = data.card_input()
-    p = a.cfg.tune
-    card.update(
-        {
-            "backbone": a.info["backbone"],
-            "backbone_kwargs": a.info.get("backbone_kwargs") or {},
-            "num_classes": int(a.info["num_classes"]),
-            "class_names": list(data.class_names or []),
-            "input": card.get("input") or default_input,
-            "attention": card.get("attention") or {"layers": a.info.get("attention_layers") or {}},
-            "tuned_from": str(a.cfg.ckpt_path),
-            "param_saliency_tuning": {**joint, "steps": int(p.steps), "lr": float(p.lr), "k": int(p.k)},
-            "metrics": {"val/top1": joint["accuracy_after"]},
-            "config_hash": config_hash(OmegaConf.to_container(a.cfg, resolve=True)),
-        }
-    )
+    """The tuned copy's model card: the analysed model's (an export's card carries its other keys)."""
+    p, digest = a.cfg.tune, config_hash(OmegaConf.to_container(a.cfg, resolve=True))
+    card = build_card(a.record, a.data, {"val/top1": joint["accuracy_after"]}, digest)
+    card["tuned_from"] = str(a.cfg.ckpt_path)
+    card["param_saliency_tuning"] = {**joint, "steps": int(p.steps), "lr": float(p.lr), "k": int(p.k)}
     return card
 
 
@@ -391,7 +374,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "param_saliency needs ckpt_path=<a Lightning .ckpt, an export directory or model.safetensors>"
         )
     torch.manual_seed(int(cfg.seed))
-    model, info = load_classifier(cfg.ckpt_path)
+    model, record = load_classifier_record(cfg.ckpt_path)
+    info = record.as_info()
     datamodule, data = _data(cfg, int(info["num_classes"]))
     ps = _saliency(model, cfg.saliency, cfg.saliency.method)
     out = Path(cfg.paths.output_dir)
@@ -408,6 +392,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     a = _Analysis(
         cfg, model, info, datamodule, ps, ps.standardize(profiles.profiles), profiles.profiles,
         profiles.targets, profiles.predictions, out, files={"stats": STATS_FILE}, data=data,
+        record=record,
     )  # fmt: skip
     n = len(a.targets)
     log.info("profiled %d validation images: %d misclassified", n, len(a.wrong))

@@ -26,6 +26,7 @@ from icasc.models.export import export_backbone
 from icasc.models.files import check_checkpoint_file
 from icasc.models.loading import load_classifier, load_module_checkpoint, load_weights_into
 from icasc.models.module import ICASCModule
+from icasc.models.record import ModelRecord
 from icasc.tasks.before_after import before_after_markdown, resolve_init_from, write_before_after
 from icasc.tasks.export import check_split, model_card, report_for_run
 from icasc.visualize import attention_figure
@@ -162,17 +163,10 @@ def _before_after(
     """The before/after report of a run that started from ``init_from`` (``None`` when switched off)."""
     if not _wants_report(cfg):
         return None
-    spec = dict(module.backbone_spec)
-    info = {
-        "backbone": spec.pop("name"),
-        "backbone_kwargs": spec,
-        "num_classes": module.num_classes,
-        "attention_layers": dict(module.attention.layers),
-    }
     control_model = None if control is None else (load_classifier(control)[0], control)
     return report_for_run(
         module.backbone,
-        info,
+        ModelRecord.from_module(module),
         init_from,
         datamodule,
         cfg.before_after,

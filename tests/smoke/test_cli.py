@@ -169,3 +169,27 @@ def test_optuna_sweep_runs_two_trials(tmp_path):
         "model.loss.weights.separation_last",
         "model.loss.weights.consistency",
     }
+
+
+def test_bench_all_quick_prints_every_report_in_one_json_last_line():
+    proc = subprocess.run(
+        [sys.executable, "-m", "icasc.bench", "all", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1  # progress goes to stderr
+    result = json.loads(lines[-1])
+    assert set(result) == {"device", "step", "step_timm", "saliency", "augment", "param_saliency"}
+    assert result["device"] == "cpu"
+    step = result["step"]
+    assert step["ratio"] == pytest.approx(step["icasc_s"] / step["baseline_s"]) and step["device"] == "cpu"
+    timm_step = result["step_timm"]
+    assert "skipped" in timm_step or (timm_step["source"] == "timm" and timm_step["icasc_s"] > 0)
+    assert set(result["saliency"]) == {"gradcam", "groupcam", "smoothgrad"}
+    assert result["augment"]["mask_agreement"] == 1.0 and result["augment"]["speedup"] > 0
+    assert result["param_saliency"]["max_rel_diff"] < 1e-4

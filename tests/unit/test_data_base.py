@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from icasc.data.base import DictDataModule, check_choice, check_int
+from icasc.data.base import DictDataModule
+from icasc.utils import check_choice, check_int
 from tests.helpers import FixedData
 
 

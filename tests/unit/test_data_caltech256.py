@@ -10,7 +10,7 @@ import torch
 from hydra.utils import instantiate
 
 from icasc.data import Caltech256DataModule
-from icasc.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+from icasc.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from tests.conftest import compose_train
 from tests.fakedata import write_fake_caltech256
 

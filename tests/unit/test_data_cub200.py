@@ -10,7 +10,7 @@ import torch
 from hydra.utils import instantiate
 
 from icasc.data import CUB200DataModule
-from icasc.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+from icasc.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from tests.conftest import compose_train
 from tests.fakedata import class_colour, write_fake_cub200
 

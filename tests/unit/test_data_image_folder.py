@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from icasc.data.boxes import enclosing_boxes, read_coco_boxes, read_csv_boxes
 from icasc.data.folder_layout import find_split_folders
 from icasc.data.image_folder import ImageFolderDataModule, count_image_folder_classes
-from icasc.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+from icasc.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from tests.conftest import compose_config
 
 OPTIONS = {"batch_size": 2, "num_workers": 0, "pin_memory": False, "image_size": 16, "resize": 20}

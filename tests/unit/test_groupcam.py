@@ -11,11 +11,11 @@ from torchvision.transforms.v2.functional import gaussian_blur as tv_gaussian_bl
 
 from icasc.attention.capture import FeatureCapture
 from icasc.attention.functional import grad_cam
-from icasc.losses.functional import resize_map
 from icasc.models.tiny import TinyCNN
 from icasc.saliency.base import normalize
 from icasc.saliency.blur import clip_kernel_size, gaussian_blur
 from icasc.saliency.groupcam import GroupCAM, denoise
+from icasc.utils import resize_map
 
 
 def tiny(seed: int = 0, num_classes: int = 10) -> TinyCNN:

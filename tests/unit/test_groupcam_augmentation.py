@@ -18,17 +18,17 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from icasc.attention.capture import FeatureCapture
-from icasc.bench import main as bench_main
+from icasc.bench.__main__ import main as bench_main
+from icasc.bench.augment import augment_benchmark
 from icasc.callbacks import GroupCAMAugmentation, GroupCAMBlur, binarize, compose_augmented
 from icasc.callbacks.augmentation_grid import log_grid
-from icasc.callbacks.benchmark import augment_benchmark
 from icasc.callbacks.groupcam_blur import PAPER_RELATIVE_BLUR, blur_size, predicted_class
 from icasc.losses import ICASCLoss
 from icasc.models import ICASCModule, build_backbone, default_attention_layers
 from icasc.models.tiny import TinyCNN
 from icasc.saliency import GroupCAM
-from icasc.saliency.base import eval_mode
 from icasc.saliency.blur import gaussian_blur
+from icasc.utils import eval_mode
 
 OFF = {"separation_inner": 0.0, "separation_last": 0.0, "consistency": 0.0}
 
@@ -569,7 +569,7 @@ def test_augment_benchmark_reports_consistent_ratios_and_the_same_augmentation(c
 
 
 def test_per_image_reference_of_the_benchmark_follows_a_relative_blur() -> None:
-    from icasc.callbacks.benchmark import release_like_augment
+    from icasc.bench.augment import release_like_augment
 
     model, x, t = tiny(), images(size=48), torch.tensor([0, 3, 5, 9])
     cb = attached(model, groups=4, blur_relative=True, blur_kernel=0.25, blur_sigma=0.1)

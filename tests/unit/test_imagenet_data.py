@@ -13,7 +13,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from icasc.data import ImageNetDataModule
 from icasc.data.imagenet import eval_transform, ten_crop_transform
-from icasc.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+from icasc.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from tests.conftest import compose_train
 from tests.fakedata import class_colour, fake_wnids, write_fake_imagenet
 

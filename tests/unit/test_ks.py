@@ -7,7 +7,16 @@ import pytest
 import torch
 from scipy.stats import ks_2samp
 
-from icasc.metrics import KSStatistic, class_probabilities, ecdf, ks_curves, ks_statistic, most_confused
+from icasc.metrics import (
+    KSSign,
+    KSStatistic,
+    KSThreshold,
+    ecdf,
+    ks_curves,
+    ks_statistic,
+    most_confused,
+    true_and_confused_probabilities,
+)
 
 
 def _brute_force(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -74,19 +83,19 @@ def test_agrees_with_scipy_ks_2samp_including_ties(seed):
         assert float(threshold) == reference.statistic_location
 
 
-def test_class_probabilities_single_label():
+def test_true_and_confused_probabilities_single_label():
     probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.25, 0.25, 0.5]])
-    true_p, confused_p = class_probabilities(probs, torch.tensor([0, 1, 2]))
+    true_p, confused_p = true_and_confused_probabilities(probs, torch.tensor([0, 1, 2]))
     torch.testing.assert_close(true_p, torch.tensor([0.7, 0.3, 0.5]))
     torch.testing.assert_close(confused_p, torch.tensor([0.2, 0.6, 0.25]))
 
 
-def test_class_probabilities_multi_label_pairs_each_positive_with_the_top_negative():
+def test_true_and_confused_probabilities_multi_label_pairs_each_positive_with_the_top_negative():
     probs = torch.tensor(
         [[0.9, 0.2, 0.6, 0.1], [0.8, 0.7, 0.1, 0.3], [0.5, 0.5, 0.5, 0.5], [0.3, 0.4, 0.9, 0.8]]
     )
     targets = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1], [0, 1, 0, 0]])
-    true_p, confused_p = class_probabilities(probs, targets.float())
+    true_p, confused_p = true_and_confused_probabilities(probs, targets.float())
     # image 0: classes 0 and 2 vs 0.2; image 1 has no positive, image 2 no negative; image 3: class 1 vs 0.9
     torch.testing.assert_close(true_p, torch.tensor([0.9, 0.6, 0.4]))
     torch.testing.assert_close(confused_p, torch.tensor([0.2, 0.2, 0.9]))
@@ -95,11 +104,11 @@ def test_class_probabilities_multi_label_pairs_each_positive_with_the_top_negati
 @pytest.mark.filterwarnings("ignore:The ``compute`` method of metric KSStatistic")
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match="not logits"):
-        class_probabilities(torch.tensor([[2.0, -1.0]]), torch.tensor([0]))
+        true_and_confused_probabilities(torch.tensor([[2.0, -1.0]]), torch.tensor([0]))
     with pytest.raises(ValueError, match=r"lie in \[0, 2\)"):
-        class_probabilities(torch.tensor([[0.5, 0.5]]), torch.tensor([2]))
+        true_and_confused_probabilities(torch.tensor([[0.5, 0.5]]), torch.tensor([2]))
     with pytest.raises(ValueError, match="multi-hot"):
-        class_probabilities(torch.tensor([[0.5, 0.5]]), torch.tensor([[1, 0, 0]]))
+        true_and_confused_probabilities(torch.tensor([[0.5, 0.5]]), torch.tensor([[1, 0, 0]]))
     with pytest.raises(ValueError, match="empty"):
         ks_statistic(torch.tensor([]), torch.tensor([0.5]))
     with pytest.raises(ValueError, match="NaN"):
@@ -126,16 +135,38 @@ def test_metric_accumulating_updates_equals_one_shot():
         metric.update(probs, targets)
     probs = torch.cat([p for p, _ in batches])
     targets = torch.cat([t for _, t in batches])
-    result = metric.compute()
-    statistic, threshold = ks_statistic(*class_probabilities(probs, targets))
+    result = metric.compute_details()
+    statistic, threshold = ks_statistic(*true_and_confused_probabilities(probs, targets))
     assert float(result["statistic"]) == float(statistic) and float(result["threshold"]) == float(threshold)
-    true_p, confused_p = class_probabilities(probs, targets)
+    true_p, confused_p = true_and_confused_probabilities(probs, targets)
     torch.testing.assert_close(result["true_probs"], true_p)
     torch.testing.assert_close(result["confused_probs"], confused_p)
     assert float(result["statistic"]) == pytest.approx(ks_2samp(true_p.numpy(), confused_p.numpy()).statistic)
     metric.reset()
     metric.update(*batches[0])
-    assert float(metric.compute()["statistic"]) == float(ks_statistic(*class_probabilities(*batches[0]))[0])
+    assert float(metric.compute_details()["statistic"]) == float(
+        ks_statistic(*true_and_confused_probabilities(*batches[0]))[0]
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_compute_is_a_loggable_scalar_and_the_threshold_and_sign_metrics_agree(seed):
+    """``compute`` gives the statistic alone; KSThreshold and KSSign compute the other values of the dict."""
+    metrics = {"ks": KSStatistic(), "ks_threshold": KSThreshold(), "ks_sign": KSSign()}
+    for probs, targets in _batches(seed):
+        for metric in metrics.values():
+            metric.update(probs, targets)
+    details = metrics["ks"].compute_details()
+    values = {name: metric.compute() for name, metric in metrics.items()}
+    assert all(value.dim() == 0 for value in values.values())
+    assert values["ks"].dtype == values["ks_threshold"].dtype == torch.float64
+    assert float(values["ks"]) == float(details["statistic"])
+    assert float(values["ks_threshold"]) == float(details["threshold"])
+    assert values["ks_sign"].item() == details["sign"] and isinstance(values["ks_sign"].item(), int)
+    for metric in metrics.values():
+        metric.reset()
+        with pytest.raises(ValueError, match="before any sample"):
+            metric.compute_details()
 
 
 def test_merged_states_of_two_processes_equal_the_metric_on_the_concatenation():
@@ -149,13 +180,15 @@ def test_merged_states_of_two_processes_equal_the_metric_on_the_concatenation():
     everything = KSStatistic()
     for probs, targets in [*_batches(1), *_batches(2, sizes=(3, 9))]:
         everything.update(probs, targets)
-    merged, expected = rank0.compute(), everything.compute()
+    merged, expected = rank0.compute_details(), everything.compute_details()
     assert float(merged["statistic"]) == float(expected["statistic"])
     assert float(merged["threshold"]) == float(expected["threshold"])
     # the statistic of the union is not the mean of the parts' (why the states are samples, not values)
     parts = [
         float(
-            ks_statistic(*class_probabilities(torch.cat([p for p, _ in b]), torch.cat([t for _, t in b])))[0]
+            ks_statistic(
+                *true_and_confused_probabilities(torch.cat([p for p, _ in b]), torch.cat([t for _, t in b]))
+            )[0]
         )
         for b in (_batches(1), _batches(2, sizes=(3, 9)))
     ]
@@ -170,7 +203,7 @@ def _gloo_worker(rank: int, port: int, out: str) -> None:
         metric = KSStatistic()
         for probs, targets in _batches(1) if rank == 0 else _batches(2, sizes=(3, 9)):
             metric.update(probs, targets)
-        result = metric.compute()  # gathers both processes' samples
+        result = metric.compute_details()  # gathers both processes' samples
         torch.save({k: result[k] for k in ("statistic", "threshold")}, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -189,7 +222,7 @@ def test_real_two_process_gloo_reduction_equals_the_concatenation(tmp_path):
     everything = KSStatistic()
     for probs, targets in [*_batches(1), *_batches(2, sizes=(3, 9))]:
         everything.update(probs, targets)
-    expected = everything.compute()
+    expected = everything.compute_details()
     for rank in (0, 1):
         got = torch.load(tmp_path / f"rank{rank}.pt")
         assert float(got["statistic"]) == float(expected["statistic"])

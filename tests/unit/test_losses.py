@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from icasc.attention import AttentionOutput
-from icasc.losses import ICASCLoss, attention_consistency, attention_separation, resize_map, target_mask
+from icasc.losses import ICASCLoss, attention_consistency, attention_separation, target_mask
+from icasc.utils import resize_map
 
 
 def sig(x: float) -> float:

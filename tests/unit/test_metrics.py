@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from icasc.losses.functional import resize_map
 from icasc.metrics import (
     Faithfulness,
     InsertionDeletion,
@@ -34,6 +33,7 @@ from icasc.metrics.pointing_game import POINTING_TOLERANCE
 from icasc.saliency import Occlusion
 from icasc.saliency.base import Attribution, resolve_target
 from icasc.saliency.blur import gaussian_blur
+from icasc.utils import resize_map
 
 # ---------------------------------------------------------------------------------------------------------
 # Deletion / insertion

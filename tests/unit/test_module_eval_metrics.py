@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from icasc.losses import ICASCLoss
 from icasc.metrics import mass_in_box, peakedness, pointing_game_hits
-from icasc.metrics.ks import class_probabilities, ks_statistic
+from icasc.metrics.ks import ks_statistic, true_and_confused_probabilities
 from icasc.models import ICASCModule
 from icasc.models.module import crop_average_logits
 from tests.helpers import FixedData
@@ -97,7 +97,7 @@ def test_single_label_ks_is_logged_with_its_threshold():
     module = _module()
     with torch.no_grad():
         probs = module(data.images).softmax(dim=1)
-    statistic, threshold = ks_statistic(*class_probabilities(probs, data.targets))
+    statistic, threshold = ks_statistic(*true_and_confused_probabilities(probs, data.targets))
     results = _trainer().test(module, DataLoader(data, batch_size=4), verbose=False)[0]
     assert results["test/ks"] == pytest.approx(float(statistic), abs=1e-6)
     assert results["test/ks_threshold"] == pytest.approx(float(threshold), abs=1e-6)
@@ -138,7 +138,9 @@ def test_ten_crop_batch_is_scored_on_the_mean_of_the_per_crop_softmax():
     metrics = module.compute_metrics("test")
     top1 = float((mean.argmax(dim=1) == targets).float().mean())
     assert metrics["top1"] == pytest.approx(top1)
-    assert metrics["ks"] == pytest.approx(float(ks_statistic(*class_probabilities(mean, targets))[0]))
+    assert metrics["ks"] == pytest.approx(
+        float(ks_statistic(*true_and_confused_probabilities(mean, targets))[0])
+    )
     assert "attention_overlap" not in metrics and "pointing_game" not in metrics
     # prediction on ten-crop batches is the same average
     torch.testing.assert_close(module.predict_step({"image": crops}, 0).softmax(dim=1), mean)

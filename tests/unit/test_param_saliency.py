@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from icasc.bench.param_saliency import relative_difference
 from icasc.saliency import ParameterSaliency
 from icasc.saliency.blur import gaussian_blur
 from icasc.saliency.parameter import (
@@ -16,7 +17,6 @@ from icasc.saliency.parameter import (
     postprocess_input_saliency,
     top_filters,
 )
-from icasc.saliency.parameter.benchmark import relative_difference
 from icasc.saliency.parameter.per_sample import Magnitude, conv_weight_totals
 
 # ---------------------------------------------------------------------------------------------------------

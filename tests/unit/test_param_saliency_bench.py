@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from icasc.bench import main
-from icasc.saliency.parameter.benchmark import param_saliency_benchmark, relative_difference
+from icasc.bench.__main__ import main
+from icasc.bench.param_saliency import param_saliency_benchmark, relative_difference
 
 KEYS = {"batched_ips", "loop_ips", "speedup", "max_rel_diff"}
 

@@ -4,8 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from icasc.saliency import SmoothGrad, VanillaGradient, eval_mode, normalize, resolve_target
+from icasc.saliency import SmoothGrad, VanillaGradient, normalize, resolve_target
 from icasc.saliency.base import chunk_size_for
+from icasc.utils import eval_mode
 
 
 def test_normalize_min_max_and_constant_maps():

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from icasc.bench import main
-from icasc.saliency.benchmark import saliency_benchmark
+from icasc.bench.__main__ import main
+from icasc.bench.saliency import saliency_benchmark
 
 KEYS = {"batched_ips", "per_image_ips", "speedup", "max_abs_diff", "batched_s", "per_image_s"}
 

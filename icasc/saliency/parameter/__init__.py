@@ -13,13 +13,13 @@ from icasc.saliency.parameter.input_saliency import (
 from icasc.saliency.parameter.layers import GRANULARITIES
 from icasc.saliency.parameter.per_sample import Magnitude
 from icasc.saliency.parameter.profiles import SaliencyProfiles, cross_entropy_per_sample, split_batch
-from icasc.saliency.parameter.saliency import METHODS, ParameterSaliency
+from icasc.saliency.parameter.saliency import PER_SAMPLE_GRADIENT_METHODS, ParameterSaliency
 from icasc.saliency.parameter.stats import RunningMoments, SaliencyStats
 from icasc.saliency.parameter.variants import L1ParameterSaliency, SmoothParameterSaliency
 
 __all__ = [
     "GRANULARITIES",
-    "METHODS",
+    "PER_SAMPLE_GRADIENT_METHODS",
     "L1ParameterSaliency",
     "Magnitude",
     "ParameterSaliency",

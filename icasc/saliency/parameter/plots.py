@@ -114,7 +114,7 @@ def input_saliency_figure(
     """The image, its input-space saliency (B.2) and the jet overlay, side by side.
 
     Args:
-        image: ``[H, W, 3]`` in ``[0, 1]`` (``icasc.visualize.denormalize`` then permute).
+        image: ``[H, W, 3]`` in ``[0, 1]`` (``icasc.utils.denormalize`` then permute).
         saliency: ``[H, W]`` map scaled to ``[0, 1]`` (``postprocess_input_saliency`` + ``normalize``).
         path: Output PNG.
         title: Title over the panels (e.g. true and predicted class).

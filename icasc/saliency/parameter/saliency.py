@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from icasc.saliency._input_gradients import reduce_channels
-from icasc.saliency.base import check_images, chunk_size_for, eval_mode
+from icasc.saliency.base import check_images, chunk_size_for
 from icasc.saliency.parameter.grads import (
     LossFn,
     batched_totals,
@@ -33,10 +33,11 @@ from icasc.saliency.parameter.layers import check_per_sample_independence, resol
 from icasc.saliency.parameter.per_sample import Magnitude
 from icasc.saliency.parameter.profiles import SaliencyProfiles, cross_entropy_per_sample, split_batch
 from icasc.saliency.parameter.stats import RunningMoments, SaliencyStats
+from icasc.utils import eval_mode
 
-__all__ = ["METHODS", "ParameterSaliency"]
+__all__ = ["PER_SAMPLE_GRADIENT_METHODS", "ParameterSaliency"]
 
-METHODS = ("batched", "loop")
+PER_SAMPLE_GRADIENT_METHODS = ("batched", "loop")
 
 
 class ParameterSaliency:
@@ -80,8 +81,8 @@ class ParameterSaliency:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if method not in PER_SAMPLE_GRADIENT_METHODS:
+            raise ValueError(f"method must be one of {PER_SAMPLE_GRADIENT_METHODS}, got {method!r}")
         if memory_mb is not None and not memory_mb > 0:
             raise ValueError(f"memory_mb must be > 0 or None, got {memory_mb!r}")
         if loss is not None and not callable(loss):

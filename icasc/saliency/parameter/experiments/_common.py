@@ -16,19 +16,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from icasc.saliency.base import check_images, eval_mode
+from icasc.saliency.base import check_images
+from icasc.utils import eval_mode
 
 __all__ = [
     "ConfidenceChange",
     "Filter",
     "change_summary",
-    "class_probabilities",
     "edit_filters",
     "edited_filters",
     "filter_rows",
     "layer_channels",
     "random_columns",
     "resolve_columns",
+    "softmax_probabilities",
     "working_copy",
 ]
 
@@ -158,7 +159,7 @@ def working_copy(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def class_probabilities(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def softmax_probabilities(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Softmax probabilities ``[B, C]`` of ``model`` in eval mode (its modes are restored afterwards)."""
     with eval_mode(model):
         out = [
@@ -269,7 +270,7 @@ def confidence_change(
         raise ValueError(f"the number of random draws must be >= 1, got {draws}")
     b, k = salient.shape
     work = working_copy(model)
-    before = class_probabilities(work, images)
+    before = softmax_probabilities(work, images)
     predicted = before.argmax(dim=1)
     rows = torch.arange(b, device=before.device)
     random = random_columns(len(filters), draws, b, k, torch.Generator().manual_seed(seed))
@@ -278,7 +279,7 @@ def confidence_change(
         probs = []
         for i in range(b):
             with edited_filters(work, filters, columns[i], edit):
-                probs.append(class_probabilities(work, images[i : i + 1]))
+                probs.append(softmax_probabilities(work, images[i : i + 1]))
         return torch.cat(probs)
 
     salient_probs = torch.stack([after(salient, edit_for(d)) for d in range(salient_draws)])

@@ -15,7 +15,7 @@ from torch import nn
 from icasc.saliency.parameter.experiments._common import (
     change_summary,
     check_targets,
-    class_probabilities,
+    softmax_probabilities,
 )
 
 __all__ = ["MaskingResult", "mask_pixels", "masking_experiment", "random_pixel_mask", "top_pixel_mask"]
@@ -111,15 +111,15 @@ def masking_experiment(
         )
     if draws < 1:
         raise ValueError(f"draws must be >= 1, got {draws}")
-    before = class_probabilities(model, images)
+    before = softmax_probabilities(model, images)
     predicted = before.argmax(dim=1)
     rows = torch.arange(images.shape[0], device=before.device)
-    salient = class_probabilities(model, mask_pixels(images, top_pixel_mask(maps, fraction), fill))
+    salient = softmax_probabilities(model, mask_pixels(images, top_pixel_mask(maps, fraction), fill))
     g = torch.Generator().manual_seed(seed)
     shape = (images.shape[0], *images.shape[-2:])
     random = torch.stack(
         [
-            class_probabilities(model, mask_pixels(images, random_pixel_mask(shape, fraction, g), fill))
+            softmax_probabilities(model, mask_pixels(images, random_pixel_mask(shape, fraction, g), fill))
             for _ in range(draws)
         ]
     )

@@ -19,11 +19,11 @@ from torch import nn
 from icasc.saliency.parameter.experiments._common import (
     Filter,
     check_targets,
-    class_probabilities,
     filter_rows,
     layer_channels,
     random_columns,
     resolve_columns,
+    softmax_probabilities,
     working_copy,
 )
 
@@ -275,9 +275,9 @@ def tuning_experiment(
             raise ValueError(f"neighbours must be [Q, n] pool indices, got {tuple(neighbours.shape)}")
 
     work = working_copy(model)
-    before = class_probabilities(work, images)
+    before = softmax_probabilities(work, images)
     if with_pool:
-        pool_before = class_probabilities(work, pool_images)
+        pool_before = softmax_probabilities(work, pool_images)
         pool_correct = pool_before.argmax(dim=1) == pool_targets
     # Tuning only moves the rows of the chosen layers: snapshot those to restore after each sample.
     touched = {n for cols, _ in arms.values() for n in _row_masks(work, filters, cols.reshape(-1))}
@@ -289,12 +289,12 @@ def tuning_experiment(
         for i in range(q):
             x, y = images[i : i + 1], targets[i : i + 1]
             _steps(work, x, y, columns[i], filters, steps, lr, salient[i] if renorm else None)
-            after = class_probabilities(work, x)[0]
+            after = softmax_probabilities(work, x)[0]
             corrected.append(bool(after.argmax() == targets[i]))
             true_change.append(float(after[targets[i]] - before[i, targets[i]]))
             if with_pool:
                 idx = neighbours[i].to(pool_images.device)
-                probs = class_probabilities(work, pool_images[idx])
+                probs = softmax_probabilities(work, pool_images[idx])
                 ny = pool_targets[idx]
                 now = probs.argmax(dim=1) == ny
                 was = pool_correct[idx]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from icasc.bench import interleaved_medians
+from icasc.bench.timing import device_sync, interleaved_medians, run_info
 from icasc.models import build_backbone
 from icasc.saliency.parameter.grads import default_memory_mb
 from icasc.saliency.parameter.saliency import ParameterSaliency
@@ -87,8 +87,7 @@ def param_saliency_benchmark(
         "batched": lambda: out.__setitem__("batched", batched.profile(images, targets)),
         "loop": lambda: out.__setitem__("loop", loop.profile(images, targets)),
     }
-    sync = torch.cuda.synchronize if dev.type == "cuda" else None
-    med = interleaved_medians(sides, repeats, warmup, sync)
+    med = interleaved_medians(sides, repeats, warmup, device_sync(dev))
     return {
         "batched_ips": batch_size / med["batched"],
         "loop_ips": batch_size / med["loop"],
@@ -103,8 +102,6 @@ def param_saliency_benchmark(
         "image_size": image_size,
         "batch_size": batch_size,
         "repeats": repeats,
-        "device": str(dev),
         "dtype": str(dtype).removeprefix("torch."),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        **run_info(dev),
     }

@@ -17,22 +17,20 @@ blur, composition, hooks) is negligible next to the model passes.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from icasc.attention.capture import FeatureCapture
-from icasc.bench import interleaved_medians
+from icasc.bench.saliency import groupcam_essential_passes
+from icasc.bench.timing import baseline_loss, device_sync, interleaved_medians, run_info, sgd_step
 from icasc.callbacks.groupcam_augmentation import GroupCAMAugmentation
 from icasc.callbacks.groupcam_blur import blur_size
 from icasc.callbacks.saliency_blur import Augmented, binarize, compose_augmented
-from icasc.losses.icasc import ICASCLoss
 from icasc.models.module import ICASCModule
-from icasc.saliency.base import eval_mode
-from icasc.saliency.benchmark import groupcam_essential_passes
 from icasc.saliency.blur import gaussian_blur
 from icasc.saliency.groupcam import GroupCAM
+from icasc.utils import eval_mode
 
 __all__ = ["augment_benchmark", "release_like_augment"]
 
@@ -135,10 +133,9 @@ def augment_benchmark(
     """
     torch.manual_seed(seed)
     dev = torch.device(device)
-    off = {"separation_inner": 0.0, "separation_last": 0.0, "consistency": 0.0}
 
     def module(net: nn.Module | str) -> ICASCModule:
-        return ICASCModule(net, num_classes, loss=ICASCLoss(weights=off), val_attention=False).to(dev).train()
+        return ICASCModule(net, num_classes, loss=baseline_loss(), val_attention=False).to(dev).train()
 
     plain = module(backbone)
     with_callback, per_image, passes_model = (module(copy.deepcopy(plain.backbone)) for _ in range(3))
@@ -153,18 +150,9 @@ def augment_benchmark(
     looped = release_like_augment(per_image.backbone, reference, images, targets)
     mask_agreement = float((batched.masks == looped.masks).float().mean())
 
-    def train_step(m: ICASCModule) -> Callable[[torch.Tensor], None]:
-        opt = torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9)
-
-        def step(x: torch.Tensor) -> None:
-            opt.zero_grad(set_to_none=True)
-            total, _, _ = m.compute_loss(x, targets)
-            total.backward()
-            opt.step()
-
-        return step
-
-    plain_step, callback_step, per_image_step = (train_step(m) for m in (plain, with_callback, per_image))
+    plain_step, callback_step, per_image_step = (
+        sgd_step(m, targets) for m in (plain, with_callback, per_image)
+    )
 
     def with_augmentation() -> None:
         batch = {"image": images, "target": targets}
@@ -188,8 +176,7 @@ def augment_benchmark(
         ),
         "passes": essential,
     }
-    sync = torch.cuda.synchronize if dev.type == "cuda" else None
-    med = interleaved_medians(sides, repeats, warmup, sync)
+    med = interleaved_medians(sides, repeats, warmup, device_sync(dev))
     layer, chunk_size = callback.groupcam.layer, callback.groupcam.chunk_size_for(images)
     callback.detach()
     reference.detach()
@@ -214,7 +201,5 @@ def augment_benchmark(
         "memory_budget_mb": memory_budget_mb,
         "repeats": repeats,
         "warmup": warmup,
-        "device": str(dev),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        **run_info(dev),
     }

@@ -17,11 +17,12 @@ import torch
 from torch import nn
 
 from icasc.attention.capture import FeatureCapture
-from icasc.bench import interleaved_medians
+from icasc.bench.timing import device_sync, interleaved_medians
 from icasc.models import build_backbone, default_attention_layers
-from icasc.saliency.base import Attribution, eval_mode, normalize
+from icasc.saliency.base import Attribution, normalize
 from icasc.saliency.groupcam import GroupCAM
-from icasc.saliency.registry import METHODS, build_method
+from icasc.saliency.registry import SALIENCY_METHODS, build_method
+from icasc.utils import eval_mode
 
 __all__ = ["DEFAULT_METHODS", "groupcam_essential_passes", "saliency_benchmark"]
 
@@ -71,6 +72,7 @@ def groupcam_essential_passes(
 
 
 def _per_image(method: Attribution, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``method.attribute`` one image at a time, concatenated."""
     return torch.cat([method.attribute(images[i : i + 1], target[i : i + 1]) for i in range(images.shape[0])])
 
 
@@ -99,7 +101,7 @@ def saliency_benchmark(
         image_size: Side of the square random images.
         batch_size: Images per batch ``B``.
         num_classes: Classes of the backbone's head.
-        methods: Names from :data:`icasc.saliency.registry.METHODS`.
+        methods: Names from :data:`icasc.saliency.registry.SALIENCY_METHODS`.
         repeats: Timed rounds (median reported).
         warmup: Untimed rounds first.
         device: Torch device.
@@ -121,9 +123,9 @@ def saliency_benchmark(
     Raises:
         ValueError: An unknown method name or a non-positive sample count.
     """
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in SALIENCY_METHODS]
     if unknown:
-        raise ValueError(f"unknown saliency methods {unknown}; choose from {', '.join(METHODS)}")
+        raise ValueError(f"unknown saliency methods {unknown}; choose from {', '.join(SALIENCY_METHODS)}")
     if smoothgrad_samples < 1:
         raise ValueError(f"smoothgrad_samples must be >= 1, got {smoothgrad_samples}")
     torch.manual_seed(seed)
@@ -132,7 +134,7 @@ def saliency_benchmark(
     layer = default_attention_layers(model)[1]
     images = torch.randn(batch_size, 3, image_size, image_size, device=dev, dtype=dtype)
     target = torch.randint(0, num_classes, (batch_size,), device=dev)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else None
+    sync = device_sync(dev)
     per_method = {"smoothgrad": {"n_samples": smoothgrad_samples}}
     for name, extra in (options or {}).items():
         per_method[name] = {**per_method.get(name, {}), **extra}
