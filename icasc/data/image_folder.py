@@ -49,17 +49,11 @@ from icasc.data.folder_layout import (
 )
 from icasc.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from icasc.data.transforms import eval_transform, train_transform
-from icasc.utils import check_int
+from icasc.utils import check_int, check_number
 
 __all__ = ["ImageFolderDataModule", "count_image_folder_classes"]
 
 log = logging.getLogger(__name__)
-
-
-def _check_fraction(name: str, value: Any, low_open: bool) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
-    if not ok or (low_open and value == 0):
-        raise ValueError(f"data.{name} must be a number in {'(' if low_open else '['}0, 1), got {value!r}")
 
 
 def _check_stats(name: str, value: Any, positive: bool) -> tuple[float, float, float]:
@@ -129,8 +123,8 @@ class ImageFolderDataModule(DictDataModule):
         check_crop_sizes(image_size, resize)
         check_int("seed", seed, 0)
         check_int("num_classes", num_classes, 1, optional=True)
-        _check_fraction("val_fraction", val_fraction, low_open=True)
-        _check_fraction("test_fraction", test_fraction, low_open=False)
+        check_number("data.val_fraction", val_fraction, 0, 1, low_open=True, high_open=True)
+        check_number("data.test_fraction", test_fraction, 0, 1, high_open=True)
         if val_fraction + test_fraction >= 1:
             raise ValueError(
                 f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction} leaves no training "
