@@ -28,6 +28,7 @@ from icasc.bench.augment import augment_benchmark
 from icasc.bench.param_saliency import param_saliency_benchmark
 from icasc.bench.saliency import saliency_benchmark
 from icasc.bench.step import step_benchmark
+from icasc.bench.timing import tf32_state
 
 __all__ = ["ALL_FULL", "ALL_QUICK", "build_parser", "main", "run", "run_all"]
 
@@ -174,11 +175,12 @@ def run_all(device: str = "cpu", quick: bool = False) -> dict[str, object]:
         quick: Tiny sizes and one round: checks that everything runs, measures nothing.
 
     Returns:
-        ``{"device": device, "step": ..., "step_timm": ..., "saliency": ..., "augment": ...,
-        "param_saliency": ...}``, each value the report its own command prints.
+        ``{"device": device, "tf32": ..., "step": ..., "step_timm": ..., "saliency": ..., "augment": ...,
+        "param_saliency": ...}``, each value the report its own command prints (``tf32``: see
+        :func:`~icasc.bench.timing.tf32_state`).
     """
     parser = build_parser()
-    report: dict[str, object] = {"device": device}
+    report: dict[str, object] = {"device": device, "tf32": tf32_state(torch.device(device))}
     for key, line in (ALL_QUICK if quick else ALL_FULL).items():
         if "--source timm" in line and importlib.util.find_spec("timm") is None:
             report[key] = {"skipped": "timm is not installed (pip install timm)"}

@@ -11,7 +11,7 @@ import torch
 from icasc.losses.icasc import ICASCLoss
 from icasc.models.module import ICASCModule
 
-__all__ = ["baseline_loss", "device_sync", "interleaved_medians", "run_info", "sgd_step"]
+__all__ = ["baseline_loss", "device_sync", "interleaved_medians", "run_info", "sgd_step", "tf32_state"]
 
 
 def interleaved_medians(
@@ -49,9 +49,29 @@ def device_sync(device: torch.device) -> Callable[[], None] | None:
     return torch.cuda.synchronize if device.type == "cuda" else None
 
 
+def tf32_state(device: torch.device) -> dict[str, bool] | None:
+    """Whether CUDA may round convolutions / matrix products to TF32 (``None`` off CUDA).
+
+    PyTorch lets cuDNN convolutions use TF32 by default, which on Ampere and later GPUs makes two
+    float32 paths that agree to ~1e-6 differ by ~1e-2 (measured on an H200; README): the reports
+    record the state so that a gap can be read as rounding rather than disagreement.
+    """
+    if device.type != "cuda":
+        return None
+    return {
+        "conv": bool(torch.backends.cudnn.allow_tf32),
+        "matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+    }
+
+
 def run_info(device: torch.device) -> dict[str, object]:
-    """Where a report was measured: ``device``, CPU ``threads`` and the ``torch`` version."""
-    return {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    """Where a report was measured: ``device``, CPU ``threads``, the ``torch`` version and ``tf32``."""
+    return {
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "tf32": tf32_state(device),
+    }
 
 
 def baseline_loss() -> ICASCLoss:

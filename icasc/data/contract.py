@@ -15,7 +15,10 @@ Optional, with defaults:
   images and recorded in model cards. Absent: images are displayed as they come and the card records
   ``null`` (unknown);
 * ``image_size``: side of the model's input, recorded in model cards (``null`` when absent);
-* ``class_names``: ``num_classes`` strings, for figures, reports and model cards (class indices when absent).
+* ``class_names``: ``num_classes`` strings, for figures, reports and model cards (class indices when absent);
+* ``check_split(name)``: for a module whose splits depend on its data (``"train"``, ``"val"``, ``"test"``),
+  raise a ``ValueError`` that says how to add ``name`` when the data has no such split, so that e.g.
+  ``test=true`` fails before training rather than after it.
 
 Every task reads a data module through :func:`describe_data` (the attributes, before any work) and
 :func:`check_batch` (the first batch of each loop).
@@ -162,6 +165,11 @@ def describe_data(datamodule: Any, loaders: Sequence[str] = ("train", "val")) ->
             problems.append(
                 f"{name}_dataloader() is missing: define it, returning a DataLoader of dict batches"
             )
+        elif callable(check_split := getattr(datamodule, "check_split", None)):
+            try:
+                check_split(name)
+            except ValueError as err:  # the module's own message says how to add the split
+                problems.append(f"{name} split: {err}")
     multilabel = _read(datamodule, "multilabel", problems)
     if multilabel is not None and not isinstance(multilabel, bool):
         problems.append(f"multilabel must be True or False (or absent: False), got {multilabel!r}")

@@ -275,6 +275,19 @@ class ImageFolderDataModule(DictDataModule):
         if stage in ("test", "predict", None) and self.test_dataset is None and "test" in splits:
             self.test_dataset = self._dataset("test", train=False)
 
+    def check_split(self, name: str) -> None:
+        """The contract's optional split check (:mod:`icasc.data.contract`), run before any training.
+
+        Args:
+            name: ``"train"``, ``"val"``, ``"test"`` or ``"predict"`` (which reads the test split).
+
+        Raises:
+            ValueError: ``name`` is a test or predict split and the data has no test split (the message
+                says how to add one); train and val always exist once ``root`` is valid.
+        """
+        if name in ("test", "predict"):
+            self._check_test_split()
+
     def _check_test_split(self) -> None:
         if self.test_dataset is None and "test" not in self.splits():
             how = (

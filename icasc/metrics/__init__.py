@@ -10,9 +10,11 @@
 - Attention diagnostics per map (mass inside the box, peakedness, pointing game): :func:`mass_in_box`,
   :func:`peakedness`, :func:`attention_stats`; the overlap of the true and the most confusing class's maps
   (ICASC Eq. 3 as a fixed yardstick): :func:`attention_overlap`.
+- What each ICASC term's descent does to each map's mass in the box: :func:`descent_effects`.
 """
 
 from icasc.metrics.attention_stats import attention_overlap, attention_stats, mass_in_box, peakedness
+from icasc.metrics.descent_effects import descent_effects
 from icasc.metrics.faithfulness import Faithfulness, faithfulness, rankdata, spearman
 from icasc.metrics.insertion_deletion import (
     InsertionDeletion,
@@ -53,6 +55,7 @@ __all__ = [
     "attention_stats",
     "box_iou",
     "connected_components",
+    "descent_effects",
     "ecdf",
     "faithfulness",
     "insertion_deletion",

@@ -61,7 +61,7 @@ def mass_in_box(maps: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, 
         raise ValueError(f"boxes must be [B, 4] (one box per map), got {tuple(boxes.shape)}")
     boxes, _ = _box_set(boxes, maps.shape[0], None)
     height, width = (int(s) for s in image_size)
-    # not detached: icasc.losses.diagnostics differentiates it (the metrics pass detached maps)
+    # not detached: icasc.metrics.descent_effects differentiates it (the metrics pass detached maps)
     full = resize_map(maps.float(), (height, width)).clamp(min=0)
     boxes = boxes[:, 0].to(full.device)
     cover_x = _coverage(boxes[:, 0], boxes[:, 2], width)  # [B, W]

@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 
 from icasc.data.contract import check_data_fits_model, describe_data
 from icasc.data.transforms import centre_view
-from icasc.losses.diagnostics import descent_effects
 from icasc.losses.icasc import ICASCLoss
+from icasc.metrics.descent_effects import descent_effects
 from icasc.metrics.ks import most_confused, true_and_confused_probabilities
 from icasc.metrics.pointing_game import resolve_tolerance
 from icasc.models.export import WEIGHTS_FILE
@@ -171,10 +171,10 @@ def mean_descent_effects(
 ) -> dict[str, Any]:
     """Mean over ``num_images`` images of what each ICASC term's descent does to each map's mass in the box.
 
-    See :func:`icasc.losses.diagnostics.descent_effects`: positive pulls the map onto the object, negative
-    pushes it off. The terms are those of the model's loss with ``loss_overrides`` (ICASCLoss arguments)
-    applied, so a baseline checkpoint shows what ICASC would do to it, and variants can be compared on one
-    model.
+    See :func:`icasc.metrics.descent_effects.descent_effects`: positive pulls the map onto the object,
+    negative pushes it off. The terms are those of the model's loss with ``loss_overrides`` (ICASCLoss
+    arguments) applied, so a baseline checkpoint shows what ICASC would do to it, and variants can be
+    compared on one model.
 
     Raises:
         ValueError: The batches carry no ``"box"`` (the effect is measured against the object's box).

@@ -184,8 +184,8 @@ def test_bench_all_quick_prints_every_report_in_one_json_last_line():
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1  # progress goes to stderr
     result = json.loads(lines[-1])
-    assert set(result) == {"device", "step", "step_timm", "saliency", "augment", "param_saliency"}
-    assert result["device"] == "cpu"
+    assert set(result) == {"device", "tf32", "step", "step_timm", "saliency", "augment", "param_saliency"}
+    assert result["device"] == "cpu" and result["tf32"] is None and result["step"]["tf32"] is None
     step = result["step"]
     assert step["ratio"] == pytest.approx(step["icasc_s"] / step["baseline_s"]) and step["device"] == "cpu"
     timm_step = result["step_timm"]

@@ -68,3 +68,17 @@ def test_train_py_on_an_image_folder_with_boxes_scores_the_pointing_game(tmp_pat
     # counted and named from the folders: nobody typed them
     assert card["num_classes"] == 2 and card["class_names"] == ["circle", "square"]
     assert card["input"] == {"image_size": 32, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+def test_test_true_without_a_test_split_fails_before_training(tmp_path):
+    """The data's missing test split is found by the contract's check, not after a whole training run."""
+    root = tmp_path / "my_images"
+    _write_folder(root)
+    for path in sorted((root / "test").rglob("*"), reverse=True):  # train/ and val/ only
+        path.unlink() if path.is_file() else path.rmdir()
+    (root / "test").rmdir()
+    out = tmp_path / "run"
+    proc = run_train_py("data=image_folder", f"data.root={root}", "test=true", *TINY, f"hydra.run.dir={out}")
+    assert proc.returncode != 0
+    assert "test split: data.root=" in proc.stderr and f"add {root / 'test'}/<class>/*" in proc.stderr
+    assert not (out / "checkpoints").exists() and not (out / "csv" / "metrics.csv").exists()

@@ -70,3 +70,21 @@ def test_all_runs_every_benchmark_in_both_sizes_and_every_line_parses() -> None:
         args = parser.parse_args([*shlex.split(line), "--device", "cpu"])
         assert args.what != "all" and args.device == "cpu"
     assert parser.parse_args(shlex.split(ALL_FULL["step_timm"])).source == "timm"
+
+
+def test_tf32_state_reads_the_backend_flags() -> None:
+    """GPU gaps between float32 paths are TF32 rounding when conv TF32 is on: the reports say which."""
+    import torch
+
+    from icasc.bench.timing import run_info, tf32_state
+
+    assert tf32_state(torch.device("cpu")) is None and run_info(torch.device("cpu"))["tf32"] is None
+    # torch.backends.cuda.matmul is a proxy object that monkeypatch cannot restore: save by hand.
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        for conv, matmul in ((True, False), (False, True)):
+            torch.backends.cudnn.allow_tf32 = conv
+            torch.backends.cuda.matmul.allow_tf32 = matmul
+            assert tf32_state(torch.device("cuda")) == {"conv": conv, "matmul": matmul}
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

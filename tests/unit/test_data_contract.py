@@ -46,6 +46,26 @@ def test_the_minimal_module_follows_the_contract_with_unknowns():
     assert info.names() == ["0", "1", "2", "3"]
 
 
+def test_an_optional_check_split_is_asked_for_each_loader_used():
+    class Splits(Minimal):
+        def __init__(self):
+            super().__init__()
+            self.asked: list[str] = []
+
+        def test_dataloader(self):
+            return []
+
+        def check_split(self, name):
+            self.asked.append(name)
+            if name == "test":
+                raise ValueError("no test images: add test/")
+
+    dm = Splits()
+    assert describe_data(dm).num_classes == 4 and dm.asked == ["train", "val"]
+    with pytest.raises(DataContractError, match=r"\n  - test split: no test images: add test/$"):
+        describe_data(dm, loaders=("train", "val", "test"))
+
+
 def test_every_problem_is_listed_in_one_message():
     class Bad(L.LightningDataModule):
         num_classes = 0

@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from icasc.data.boxes import enclosing_boxes, read_coco_boxes, read_csv_boxes
+from icasc.data.contract import DataContractError, describe_data
 from icasc.data.folder_layout import find_split_folders
 from icasc.data.image_folder import ImageFolderDataModule, count_image_folder_classes
 from icasc.data.normalization import IMAGENET_MEAN, IMAGENET_STD
@@ -88,6 +89,15 @@ def test_without_test_folder_the_test_loader_says_how_to_add_one(split_root):
     dm.setup("test")
     assert dm.test_dataset.targets.tolist() == [0, 1, 1]
     assert len(next(iter(dm.test_dataloader()))["target"]) == 2
+
+
+def test_the_contract_checks_the_test_split_before_any_work(split_root):
+    """describe_data asks the module's check_split: a run with test=true fails before training."""
+    with pytest.raises(DataContractError, match=r"test split: data.root=.* has no test split: add "):
+        describe_data(_module(split_root), loaders=("train", "val", "test"))
+    assert describe_data(_module(split_root), loaders=("train", "val")).num_classes == 2
+    _folder(split_root / "test", {"cat": 1, "dog": 1})
+    assert describe_data(_module(split_root), loaders=("train", "val", "test")).num_classes == 2
 
 
 def test_single_folder_split_is_seeded_stratified_and_disjoint(tmp_path):

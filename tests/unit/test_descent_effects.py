@@ -1,4 +1,4 @@
-"""icasc.losses.diagnostics: what each term's descent does to each map's share inside the object box."""
+"""icasc.metrics.descent_effects: what each term's descent does to each map's share inside the object box."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 
 from icasc.attention.mechanism import AttentionOutput
 from icasc.losses import ICASCLoss
-from icasc.losses.diagnostics import descent_effects
 from icasc.metrics import mass_in_box
+from icasc.metrics.descent_effects import descent_effects
 
 BOX = torch.tensor([[0.0, 0.0, 2.0, 4.0]])  # the left half of a 4x4 image
 
